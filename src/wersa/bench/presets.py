@@ -1,0 +1,87 @@
+"""Named sweeps: ``quick`` (minutes on 2 CPU cores), ``standard`` (the CPU reproduction, ~2 h on
+2 cores, resumable) and ``paper`` (GPU-scale settings).
+
+Every preset uses one recipe for all mixers (same model size, optimiser, schedule,
+step and time budget, seeds). Tasks or mixers that are not available here are
+recorded as skipped with the reason. Results on generated or substitute data are
+labelled by the tasks' ``source`` and are not the official benchmark numbers.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from .sweep import Sweep, TaskEntry
+
+PAPER_MIXERS = ["softmax", "sdpa", "fnet", "linformer", "performer", "waveformer", "wersa"]
+
+_SMALL_MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+
+
+def _quick() -> Sweep:
+    recipe = dict(model=dict(_SMALL_MODEL), batch_size=16, lr=2e-3, warmup_steps=10, max_steps=60,
+                  max_time_s=40.0, eval_samples=256, device="cpu")
+    tasks = [
+        TaskEntry("listops", 256, {"num_train": 1024, "num_validation": 64, "num_test": 256,
+                                   "min_length": 64, "max_length": 256, "max_depth": 4}, label="ListOps-256"),
+        TaskEntry("pathfinder", 256, {"image_size": 16, "num_train": 1024, "num_validation": 64, "num_test": 256},
+                  label="Pathfinder-16px"),
+    ]
+    return Sweep(mixers=["softmax", "sdpa", "fnet", "performer", "wersa"], tasks=tasks, seeds=[0], recipe=recipe,
+                 mem_limit_gb=4.0, timeout_s=300.0, name="quick")
+
+
+def _standard() -> Sweep:
+    recipe = dict(model=dict(_SMALL_MODEL), batch_size=16, lr=1e-3, warmup_steps=20, max_steps=300,
+                  max_time_s=45.0, eval_samples=500, device="cpu")
+    long_overrides = dict(batch_size=2, max_steps=100, max_time_s=150.0, eval_samples=64, warmup_steps=5)
+    tasks = [
+        TaskEntry("listops", 2048, {"num_train": 4000, "num_validation": 200, "num_test": 500,
+                                    "min_length": 500, "max_length": 2000}, label="ListOps-2k"),
+        TaskEntry("sfmnist", 784, {}, label="sFashion-MNIST-784"),
+        TaskEntry("pathfinder", 1024, {"image_size": 32, "num_train": 4000, "num_validation": 200, "num_test": 500},
+                  label="Pathfinder-32px"),
+        TaskEntry("text", 4096, {"max_length": 4096}, label="Text-4k", overrides=dict(batch_size=8)),
+        TaskEntry("documents", 16384, {"max_length": 16384}, label="Documents-16k", overrides=long_overrides),
+    ]
+    sweep = Sweep(mixers=list(PAPER_MIXERS), tasks=tasks, seeds=[0, 1, 2], recipe=recipe, mem_limit_gb=8.0,
+                  timeout_s=900.0, name="standard")
+    return sweep
+
+
+def _paper() -> Sweep:
+    recipe = dict(model={"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                         "intermediate_size": 1024},
+                  batch_size=32, lr=5e-4, warmup_steps=500, max_steps=10_000, max_time_s=None,
+                  eval_samples=None, device="cuda")
+    tasks = [
+        TaskEntry("listops", 2048, {"min_length": 500, "max_length": 2000}, label="ListOps-2k"),
+        TaskEntry("sfmnist", 784, {}, label="sFashion-MNIST-784"),
+        TaskEntry("pathfinder", 1024, {"image_size": 32}, label="Pathfinder-32px"),
+        TaskEntry("pathfinder", 16384, {"image_size": 128}, label="Pathfinder-128px",
+                  overrides=dict(batch_size=8)),
+        TaskEntry("text", 4096, {"max_length": 4096}, label="Text-4k"),
+        TaskEntry("documents", 16384, {"max_length": 16384}, label="Documents-16k", overrides=dict(batch_size=8)),
+        TaskEntry("documents", 131072, {"max_length": 131072}, label="Documents-128k",
+                  overrides=dict(batch_size=1, max_steps=2000)),
+    ]
+    return Sweep(mixers=list(PAPER_MIXERS), tasks=tasks, seeds=[0, 1, 2], recipe=recipe, mem_limit_gb=None,
+                 timeout_s=6 * 3600.0, name="paper")
+
+
+PRESETS = {"quick": _quick, "standard": _standard, "paper": _paper}
+
+PRESET_HELP = {
+    "quick": "a few minutes on 2 CPU cores: 5 mixers x ListOps-256 and Pathfinder-16px, 1 seed",
+    "standard": "CPU reproduction, <= ~2 h on 2 cores, resumable: 7 mixers x 5 tasks (up to 16k tokens), 3 seeds",
+    "paper": "GPU-scale: wider model, 10k steps, up to 128k tokens",
+}
+
+
+def get_preset(name: str) -> Sweep:
+    """The :class:`Sweep` of preset ``name`` (a fresh copy each call)."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown preset {name!r}{hint} (available: {', '.join(PRESETS)})")
+    return PRESETS[name]()

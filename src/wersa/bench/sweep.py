@@ -1,0 +1,184 @@
+"""``wersa bench``: a sweep of isolated training cells (mixer x task x length x seed).
+
+A sweep is resumable: every finished cell is one line of the results file (see
+:mod:`.results`), keyed by a hash of its full config; a re-run skips those keys.
+Task data is generated (and cached on disk) once, before the cells, so the cells
+time training, not data generation. Unavailable mixers or tasks (not registered,
+data not installed) become ``skipped`` records with the reason, never a crash;
+skipped cells are tried again on the next run, in case the thing was installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import adapters
+from .cell import run_isolated
+from .results import append_result, cell_key, finished_keys, read_results
+from .train import TrainConfig
+
+# Config fields that say how/where to run, not what is measured: not in the cell key.
+_NOT_IN_KEY = ("plugins", "cache_dir")
+
+
+@dataclass
+class TaskEntry:
+    """A task at one length: registry ``name``, ``options``, the padded ``length`` and a table ``label``.
+
+    ``overrides`` change the training recipe for this task only (e.g. a smaller
+    batch at 16k tokens); they are part of each cell's config.
+    """
+
+    name: str
+    length: int
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return self.label or f"{self.name}-{self.length}"
+
+
+@dataclass
+class Sweep:
+    """The grid and the shared recipe of a ``wersa bench`` run."""
+
+    mixers: list[str]
+    tasks: list[TaskEntry]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    recipe: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields shared by every cell
+    mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mem_limit_gb: float | None = 8.0
+    timeout_s: float = 900.0
+    threads: int | None = None
+    name: str = "custom"
+
+
+def cell_configs(sweep: Sweep) -> list[tuple[TaskEntry, TrainConfig]]:
+    """Every cell of the sweep, in run order: task by task, seed by seed, mixer by mixer.
+
+    Seeds are the middle loop so that a sweep cut short by its budget still has
+    every mixer at seed 0 before any mixer gets seed 1.
+    """
+    out = []
+    for entry in sweep.tasks:
+        for seed in sweep.seeds:
+            for mixer in sweep.mixers:
+                fields = copy.deepcopy(sweep.recipe)
+                fields.update(copy.deepcopy(entry.overrides))
+                fields.update(mixer=mixer, task=entry.name, task_options=dict(entry.options),
+                              length=entry.length, seed=seed,
+                              mixer_options=dict(sweep.mixer_options.get(mixer, {})))
+                if sweep.threads:
+                    fields["threads"] = sweep.threads
+                out.append((entry, TrainConfig.from_dict(fields)))
+    return out
+
+
+def key_of(cfg: TrainConfig) -> str:
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
+    return cell_key({"bench": "train", **d})
+
+
+def prepare_task(entry: TaskEntry, recipe: dict[str, Any], cache_dir: str | None) -> str | None:
+    """Generate and cache ``entry``'s splits in this process. Returns ``None`` or why it is unavailable."""
+    factory = entry.overrides.get("task_factory", recipe.get("task_factory"))
+    try:
+        task = adapters.build_task(entry.name, entry.options, factory, cache_dir=cache_dir)
+        for split in ("train", recipe.get("eval_split", "test")):
+            task.split(split)
+        info = task.info
+        if entry.length and info.max_length and info.max_length > entry.length:
+            return (f"task yields up to {info.max_length} tokens, more than the cell length {entry.length}; "
+                    f"set the task's length option or the cell length")
+    except adapters.Unavailable as exc:
+        return str(exc)
+    except (FileNotFoundError, ModuleNotFoundError, ImportError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry_failed: bool = False,
+              progress: bool = True, max_cells: int | None = None, plugins: list[str] | None = None,
+              dry_run: bool = False) -> list[dict[str, Any]]:
+    """Run every unfinished cell of ``sweep``, appending each record to ``out`` as it finishes.
+
+    Args:
+        out: results file (JSON lines); created if missing, resumed if present.
+        cache_dir: task data cache (default: ``<out's folder>/data-cache``).
+        retry_failed: run again cells recorded as ``oom``/``timeout``/``error``.
+        max_cells: stop after running this many cells (the rest run next time).
+        dry_run: list the cells to run (as records with ``status="pending"``) without running them.
+
+    Returns the records written by this call.
+    """
+    out = Path(out)
+    adapters.load_plugins(plugins)
+    cache_dir = cache_dir or str(out.parent / "data-cache")
+    done = finished_keys([r for r in read_results(out) if r.get("status") != "skipped"],
+                         retry_failed=retry_failed)
+    cells = cell_configs(sweep)
+    todo = [(e, c) for e, c in cells if key_of(c) not in done]
+    if progress:
+        print(f"{sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, {len(todo)} to run")
+    if dry_run:
+        return [{"status": "pending", "key": key_of(c), "mixer": c.mixer, "task": e.title, "seed": c.seed}
+                for e, c in todo]
+    # Which mixers and tasks are available (checked once, in this process).
+    mixer_missing: dict[str, str] = {}
+    for m in sweep.mixers:
+        if sweep.recipe.get("model_factory") is None:
+            try:
+                adapters.check_mixer(m)
+            except adapters.Unavailable as exc:
+                mixer_missing[m] = str(exc)
+    task_missing: dict[str, str | None] = {}
+    needed = {e.title: e for e, _ in todo}
+    for title, entry in tqdm(needed.items(), desc="prepare data", disable=not progress, dynamic_ncols=True):
+        task_missing[title] = prepare_task(entry, sweep.recipe, cache_dir)
+    mem = int(sweep.mem_limit_gb * 1024 ** 3) if sweep.mem_limit_gb else None
+    written = []
+    bar = tqdm(todo, desc=f"bench {sweep.name}", disable=not progress, dynamic_ncols=True)
+    ran = 0
+    for entry, cfg in bar:
+        if max_cells is not None and ran >= max_cells:
+            break
+        bar.set_postfix_str(f"{cfg.mixer} / {entry.title} / seed {cfg.seed}")
+        cfg = dataclasses.replace(cfg, cache_dir=cache_dir, plugins=list(plugins or []))
+        base = {"bench": "train", "key": key_of(cfg), "preset": sweep.name, "mixer": cfg.mixer,
+                "task": entry.name, "task_label": entry.title, "length": cfg.length, "seed": cfg.seed,
+                "config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY},
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        reason = mixer_missing.get(cfg.mixer) or task_missing.get(entry.title)
+        if reason:
+            rec = {**base, "status": "skipped", "reason": reason}
+        else:
+            rec = {**base, **run_isolated("train", cfg.to_dict(), mem_limit_bytes=mem, timeout_s=sweep.timeout_s,
+                                          threads=cfg.threads)}
+            ran += 1
+        append_result(out, rec)
+        written.append(rec)
+        if progress:
+            tqdm.write(summary_line(rec))
+    return written
+
+
+def summary_line(rec: dict[str, Any]) -> str:
+    head = f"{rec['mixer']:>12} {rec.get('task_label', rec['task']):>18} seed {rec['seed']}"
+    st = rec["status"]
+    if st == "ok":
+        if rec.get("accuracy") is not None:
+            metric = f"acc {rec['accuracy']:.3f} auc {rec['auc'] if rec.get('auc') is None else format(rec['auc'], '.3f')}"
+        else:
+            metric = f"bpb {rec.get('bpb', float('nan')):.3f}"
+        return (f"{head}  {metric}  train {rec['train_time_s']:.1f}s ({rec['steps']} steps)  "
+                f"peak {rec['peak_mem_bytes'] / 2**20:.0f} MiB")
+    return f"{head}  {st.upper()}: {(rec.get('error') or rec.get('reason') or '')[:120]}"

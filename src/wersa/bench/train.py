@@ -1,0 +1,368 @@
+"""One training run of a model on a task: the code path of ``wersa train`` and of every benchmark cell.
+
+The recipe is the same for every mixer (that is what makes the comparison fair):
+AdamW, linear warm-up then cosine decay to 10 % of the peak learning rate, gradient
+clipping, a fixed step budget and optionally a wall-time budget, fixed seeds.
+
+Runs unchanged under ``torchrun --nproc_per_node=N``: each rank takes its slice of
+the same global batch, gradients are averaged by DDP (gloo on CPU, NCCL on GPU),
+rank 0 evaluates and writes. With equal per-rank slices and a per-example mean
+loss, N processes follow the same trajectory as one process on the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import adapters
+from .env import environment
+from .flops import forward_and_step_flops
+from .memory import PeakMemory
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one training run (and so one benchmark cell).
+
+    Attributes:
+        mixer, mixer_options: the token mixer and its options (``wersa.build_mixer``).
+        task, task_options: the task and its options (``wersa.tasks`` registry).
+        length: pad every batch to this many tokens (fixed shapes, fair timing);
+            ``None`` pads to the longest example of each batch.
+        seed: seeds model initialisation, shuffling and dropout.
+        model: model size and shape (fields of ``WersaConfig``).
+        batch_size: global batch (split evenly across ranks under torchrun).
+        lr, weight_decay, warmup_steps, max_steps, grad_clip: the optimiser recipe.
+        max_time_s: training wall-time budget; training stops at whichever of
+            ``max_steps`` and ``max_time_s`` comes first (``None`` = steps only).
+        eval_split, eval_samples: split scored at the end and a cap on its examples.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        threads: torch intra-op threads (``None`` = leave as is); recorded.
+        count_flops: count FLOPs per forward and per training step on one batch.
+        task_factory, model_factory: import paths of stand-ins (see :mod:`.adapters`).
+        plugins: modules imported first (they may register mixers or tasks).
+        cache_dir: where tasks cache generated data (not part of a cell's identity).
+    """
+
+    mixer: str
+    task: str
+    mixer_options: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
+    length: int | None = None
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=lambda: {
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128})
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    max_steps: int = 100
+    max_time_s: float | None = None
+    grad_clip: float | None = 1.0
+    eval_split: str = "test"
+    eval_samples: int | None = 500
+    eval_batch_size: int | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    count_flops: bool = True
+    task_factory: str | None = None
+    model_factory: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 10 % of ``lr`` at ``max_steps``."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    """Macro one-vs-rest ROC AUC (``sklearn.metrics.roc_auc_score``, ``multi_class="ovr"``).
+
+    ``labels``: ``(n,)`` class indices; ``probs``: ``(n, C)``. Classes absent from
+    ``labels`` (or present in every row) have no AUC and are left out of the mean,
+    so a small evaluation split still gets a value; ``None`` if no class has one.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    n_classes = probs.shape[1]
+    if n_classes == 2:
+        if len(np.unique(labels)) < 2:
+            return None
+        return float(roc_auc_score(labels, probs[:, 1]))
+    aucs = []
+    for c in range(n_classes):
+        y = labels == c
+        if y.all() or not y.any():
+            continue
+        aucs.append(roc_auc_score(y, probs[:, c]))
+    return float(np.mean(aucs)) if aucs else None
+
+
+class _Dist:
+    """Rank/world of a torchrun launch (or a single process)."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        self.device = device
+        if self.enabled and not torch.distributed.is_initialized():
+            if device.type == "cuda":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any (ranks must stop together)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batches(task, cfg: TrainConfig):
+    """Endless train batches; epoch ``e`` is shuffled with seed ``seed * 1000 + e``."""
+    epoch = 0
+    while True:
+        loader = task.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
+                             drop_last=True, pad_to=cfg.length)
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        if n == 0:
+            raise ValueError(
+                f"task {cfg.task!r}: the train split has fewer examples than batch_size={cfg.batch_size}; "
+                f"lower --batch-size or enlarge the split"
+            )
+        epoch += 1
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Score ``cfg.eval_split``: accuracy + macro AUC (classification) or loss + bits per token (LM)."""
+    model.eval()
+    info = task.info
+    bs = cfg.eval_batch_size or cfg.batch_size
+    loader = task.loader(cfg.eval_split, bs, shuffle=False, pad_to=cfg.length)
+    limit = cfg.eval_samples
+    seen = 0
+    out: dict[str, Any] = {}
+    if info.kind == "language_modeling":
+        total_nll, total_tok = 0.0, 0
+        for batch in loader:
+            batch = _to(batch, device)
+            logits = adapters.model_output(model(**{k: v for k, v in batch.items() if k != "labels"}), "logits")
+            labels = batch["labels"]
+            # Position t predicts token t + 1 (labels are aligned with input_ids).
+            nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                  labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+            total_nll += float(nll)
+            total_tok += int((labels[:, 1:] != -100).sum())
+            seen += labels.shape[0]
+            if limit is not None and seen >= limit:
+                break
+        loss = total_nll / max(1, total_tok)
+        out.update(eval_loss=loss, bits_per_token=loss / math.log(2), eval_tokens=total_tok)
+        # Byte-level tasks have one token per byte, so bits per token is bits per byte.
+        out["bpb"] = out["bits_per_token"]
+    else:
+        all_probs, all_labels = [], []
+        total_loss = 0.0
+        for batch in loader:
+            if limit is not None and seen >= limit:
+                break
+            if limit is not None and seen + batch["labels"].shape[0] > limit:
+                keep = limit - seen
+                batch = {k: v[:keep] for k, v in batch.items()}
+            batch = _to(batch, device)
+            logits = adapters.model_output(model(**{k: v for k, v in batch.items() if k != "labels"}), "logits")
+            logits = logits.float()
+            total_loss += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+            all_probs.append(torch.softmax(logits, -1).cpu())
+            all_labels.append(batch["labels"].cpu())
+            seen += batch["labels"].shape[0]
+        if not all_labels:
+            raise ValueError(f"task {cfg.task!r}: the {cfg.eval_split} split is empty; nothing to evaluate")
+        probs = torch.cat(all_probs).numpy()
+        labels = torch.cat(all_labels).numpy()
+        out.update(accuracy=float((probs.argmax(1) == labels).mean()), auc=macro_auc(labels, probs),
+                   eval_loss=total_loss / len(labels))
+    out["eval_samples"] = seen
+    return out
+
+
+# -------------------------------------------------------------------- train
+def run_training(cfg: TrainConfig, save_params: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one model; returns the metrics record (on every rank; rank 0's is authoritative).
+
+    Record fields: ``accuracy``/``auc`` or ``eval_loss``/``bpb``; ``train_time_s``
+    (training loop wall time, data included), ``step_time_s`` (median compute time
+    of a step), ``steps``, ``tokens_per_s``, ``peak_mem_bytes`` (what training added
+    to memory; see :mod:`.memory`), ``flops_forward`` / ``flops_train_step`` (one
+    global batch), ``params``, ``final_train_loss``, ``env``.
+    """
+    adapters.load_plugins(cfg.plugins)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    dist = _Dist(device)
+    device = dist.device
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {dist.world} processes; "
+                         f"use a multiple of {dist.world}")
+    local_bs = cfg.batch_size // dist.world
+    lo = dist.rank * local_bs
+
+    task = adapters.build_task(cfg.task, cfg.task_options, cfg.task_factory, cache_dir=cfg.cache_dir)
+    info = task.info
+    if not cfg.task_factory:
+        adapters.check_mixer(cfg.mixer)
+    seed_everything(cfg.seed)  # same initial weights on every rank
+    model = adapters.build_model(info, cfg.mixer, cfg.mixer_options, cfg.length, cfg.model, cfg.model_factory)
+    model.to(device)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    net = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    batches = _batches(task, cfg)
+    seed_everything(cfg.seed + 1)  # dropout stream, independent of data order
+    peak = PeakMemory(device)
+    peak.start()
+    step_times: list[float] = []
+    losses: list[float] = []
+    tokens = 0
+    steps = 0
+    stopped_by = "max_steps"
+    bar = tqdm(total=cfg.max_steps, desc=f"train {cfg.mixer}/{cfg.task}", disable=not (progress and dist.is_main),
+               leave=False, dynamic_ncols=True)
+    t_start = time.perf_counter()
+    net.train()
+    while steps < cfg.max_steps:
+        batch = next(batches)
+        gbs, n_tok = batch["input_ids"].shape
+        batch = _to({k: v[lo:lo + local_bs] for k, v in batch.items()}, device)
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(steps, cfg)
+        loss = adapters.model_output(net(**batch), "loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        _sync(device)
+        step_times.append(time.perf_counter() - t0)
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"training diverged: loss is {lv} at step {steps}; lower --lr")
+        losses.append(lv)
+        tokens += gbs * n_tok
+        steps += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{lv:.3f}")
+        over = cfg.max_time_s is not None and time.perf_counter() - t_start >= cfg.max_time_s
+        if dist.any_flag(over):
+            stopped_by = "max_time_s"
+            break
+    train_time = time.perf_counter() - t_start
+    bar.close()
+    peak_bytes = peak.peak_bytes()
+
+    record: dict[str, Any] = {
+        "steps": steps, "stopped_by": stopped_by, "train_time_s": train_time,
+        "step_time_s": statistics.median(step_times) if step_times else None,
+        "tokens_per_s": tokens / train_time if train_time > 0 else None,
+        "peak_mem_bytes": peak_bytes, "peak_mem_method": peak.info()["method"],
+        "params": params, "final_train_loss": float(np.mean(losses[-10:])) if losses else None,
+        "world_size": dist.world, "task_info": info.as_dict() if hasattr(info, "as_dict") else str(info),
+    }
+    if dist.is_main:
+        t0 = time.perf_counter()
+        record.update(evaluate(model, task, cfg, device))
+        record["eval_time_s"] = time.perf_counter() - t0
+        if cfg.count_flops:
+            fb = next(_batches(task, cfg))
+            fwd, step = forward_and_step_flops(model, _to(fb, device))
+            record.update(flops_forward=fwd, flops_train_step=step)
+        if save_params:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, save_params)
+    record["env"] = environment(device)
+    dist.barrier()
+    dist.close()
+    return record

@@ -1,0 +1,284 @@
+"""The Mixer contract: one interface for every token-mixing mechanism.
+
+Every mechanism in :mod:`wersa.mixers` subclasses :class:`Mixer` and declares a
+frozen :class:`Capabilities`. The base class owns everything that must behave the
+same for all mechanisms, so each mechanism file only holds its math:
+
+* argument checking (rank, width, dtype, device, NaN/Inf, mask shape) with errors
+  that name the argument and the fix;
+* refusing requests the mechanism cannot honour (``causal=True`` on a
+  bidirectional-only mixer, a padding mask on a mixer that cannot apply one, a
+  length beyond ``max_len``) with a ``ValueError`` naming the mechanism;
+* the empty sequence (``N = 0`` returns an empty output);
+* zeroing outputs at padded positions, so all-padding rows are exactly zero;
+* the token-by-token API (``init_state`` / ``step`` / ``prefill``).
+
+Conventions, shared by the whole library:
+
+* ``x``: ``(B, N, D)`` with ``D = dim``; outputs have the same shape.
+* ``attention_mask``: ``(B, N)``, ``True``/``1`` marks a real token, ``False``/``0``
+  a padded one. A mixer that declares ``attention_mask=True`` guarantees that the
+  outputs at real positions of a right-padded sequence equal those of the unpadded
+  sequence; ``left_padding=True`` extends the guarantee to left padding.
+* causal: output ``t`` depends on inputs ``0..t`` only (bottom-right alignment when
+  decoding from a cache: the newest query sees every cached key).
+* window / kernel size: the number of keys a query attends to, itself included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a mechanism supports. Drives the test matrix and the benchmark harness.
+
+    Attributes:
+        name: registry name.
+        causal: has a causal (autoregressive) form.
+        bidirectional: has a bidirectional (encoder) form.
+        attention_mask: honours a right-padding ``attention_mask`` in every mode it has.
+        left_padding: also honours left padding (prompts for batched generation).
+        recurrent: implements ``init_state`` / ``step`` in causal mode.
+        constant_state: the recurrent state does not grow with the context
+            (``False`` for a KV cache).
+        linear_time: time and memory grow linearly (or ``N log N``) with length.
+        max_len: longest sequence the mechanism accepts (``None`` = unbounded).
+        summary: one line saying what it is.
+        reference: the paper it implements.
+    """
+
+    name: str
+    causal: bool
+    bidirectional: bool
+    attention_mask: bool
+    recurrent: bool = False
+    left_padding: bool = False
+    constant_state: bool = False
+    linear_time: bool = True
+    max_len: int | None = None
+    summary: str = ""
+    reference: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Mixer(nn.Module):
+    """Base class of every token mixer: ``(B, N, D) -> (B, N, D)``.
+
+    Subclasses set the class attribute ``capabilities`` and implement
+    ``_forward(x, mask)`` where ``x`` is validated and ``mask`` is either ``None``
+    (no padding) or a boolean ``(B, N)`` tensor with at least one ``False``.
+    Recurrent mixers also implement ``_init_state`` and ``_step``.
+    """
+
+    capabilities: ClassVar[Capabilities]
+    check_finite: bool = True  # set False to skip the NaN/Inf scan of the input
+
+    def __init__(self, dim: int, num_heads: int, causal: bool = False):
+        super().__init__()
+        caps = self.capabilities
+        name = caps.name
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ValueError(f"{name}: dim must be a positive integer, got {dim!r}")
+        if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0:
+            raise ValueError(f"{name}: num_heads must be a positive integer, got {num_heads!r}")
+        if dim % num_heads != 0:
+            raise ValueError(
+                f"{name}: num_heads={num_heads} does not divide dim={dim}; "
+                f"choose num_heads among the divisors of {dim}"
+            )
+        if causal and not caps.causal:
+            raise ValueError(f"{name} has no causal form ({caps.summary}); use causal=False")
+        if not causal and not caps.bidirectional:
+            raise ValueError(f"{name} is causal only; use causal=True")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.causal = bool(causal)
+
+    # ------------------------------------------------------------------ checks
+    def _reference_tensor(self) -> Tensor | None:
+        for t in self.parameters():
+            return t
+        for t in self.buffers():
+            if t.is_floating_point():
+                return t
+        return None
+
+    def _check_x(self, x: Tensor, what: str = "x", rank: int = 3) -> None:
+        name = self.capabilities.name
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name}: {what} must be a floating-point tensor (float32, float64, bfloat16, float16), "
+                f"got {x.dtype}; embed token ids first"
+            )
+        shape_doc = "(B, N, D)" if rank == 3 else "(B, D)"
+        if x.dim() != rank:
+            raise ValueError(f"{name}: {what} must have shape {shape_doc}, got {tuple(x.shape)}")
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"{name}: {what} has width {x.shape[-1]} but the mixer was built with dim={self.dim}"
+            )
+        ref = self._reference_tensor()
+        if ref is not None:
+            if x.device != ref.device:
+                raise ValueError(
+                    f"{name}: {what} is on {x.device} but the mixer's parameters are on {ref.device}; "
+                    f"move one with .to(device)"
+                )
+            if x.dtype != ref.dtype:
+                raise TypeError(
+                    f"{name}: {what} has dtype {x.dtype} but the mixer's parameters are {ref.dtype}; "
+                    f"cast the module with .to({x.dtype}) or use torch.autocast"
+                )
+        if self.check_finite and x.numel() and not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"{name}: {what} contains NaN or Inf; check the layer that produced it "
+                f"(set mixer.check_finite = False to skip this check)"
+            )
+
+    def _check_mask(self, mask: Tensor | None, batch: int, length: int, device) -> Tensor | None:
+        """Return ``None`` (no padding) or a boolean ``(B, N)`` mask with a padded position."""
+        if mask is None:
+            return None
+        name = self.capabilities.name
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"{name}: attention_mask must be a torch.Tensor, got {type(mask).__name__}")
+        if tuple(mask.shape) != (batch, length):
+            raise ValueError(
+                f"{name}: attention_mask must have shape (B, N) = {(batch, length)}, got {tuple(mask.shape)}"
+            )
+        if mask.device != device:
+            raise ValueError(f"{name}: attention_mask is on {mask.device} but x is on {device}")
+        if mask.dtype != torch.bool:
+            if bool(((mask != 0) & (mask != 1)).any()):
+                raise ValueError(f"{name}: attention_mask must hold only 0/1 (or bool) values")
+            mask = mask != 0
+        if bool(mask.all()):
+            return None
+        if not self.capabilities.attention_mask:
+            raise ValueError(
+                f"{name} cannot apply an attention_mask with padded positions "
+                f"({self.capabilities.summary}); pass unpadded sequences of equal length"
+            )
+        return mask
+
+    def _check_length(self, n: int) -> None:
+        caps = self.capabilities
+        if caps.max_len is not None and n > caps.max_len:
+            raise ValueError(
+                f"{caps.name}: sequence length {n} exceeds this mixer's max_len={caps.max_len}; "
+                f"build it with a larger max_len"
+            )
+
+    @property
+    def max_len(self) -> int | None:
+        return self.capabilities.max_len
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Mix tokens. ``x``: ``(B, N, D)``; ``attention_mask``: ``(B, N)`` or ``None``.
+
+        Returns ``(B, N, D)``; outputs at padded positions are zero.
+        """
+        self._check_x(x)
+        batch, n, _ = x.shape
+        mask = self._check_mask(attention_mask, batch, n, x.device)
+        self._check_length(n)
+        if n == 0 or batch == 0:
+            return x * 0.0
+        y = self._forward(x, mask)
+        if mask is not None:
+            y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
+        return y
+
+    def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- recurrent
+    def _require_recurrent(self) -> None:
+        caps = self.capabilities
+        if not caps.recurrent:
+            raise ValueError(f"{caps.name} has no token-by-token (recurrent) form")
+        if not self.causal:
+            raise ValueError(f"{caps.name}: step() needs a causal mixer; build it with causal=True")
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> Any:
+        """The empty decoding state for ``batch_size`` sequences."""
+        self._require_recurrent()
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"{self.capabilities.name}: batch_size must be a positive integer, got {batch_size!r}")
+        ref = self._reference_tensor()
+        device = device if device is not None else (ref.device if ref is not None else torch.device("cpu"))
+        dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.get_default_dtype())
+        return self._init_state(batch_size, device, dtype)
+
+    def step(self, x_t: Tensor, state: Any, attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Process one token per sequence. ``x_t``: ``(B, D)`` -> ``((B, D), new_state)``.
+
+        ``attention_mask``: optional ``(B,)``; a ``False`` entry marks a padding
+        token: its output is zero and that sequence's state is left unchanged.
+        """
+        self._require_recurrent()
+        self._check_x(x_t, "x_t", rank=2)
+        mask = None
+        if attention_mask is not None:
+            mask = self._check_mask(attention_mask.reshape(-1, 1) if isinstance(attention_mask, Tensor)
+                                    else attention_mask, x_t.shape[0], 1, x_t.device)
+            mask = None if mask is None else mask[:, 0]
+        y, new_state = self._step(x_t, state)
+        if mask is not None:
+            new_state = self._select_state(mask, new_state, state)
+            y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
+        return y, new_state
+
+    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Run a prompt ``(B, N, D)`` and return ``(outputs (B, N, D), state)``.
+
+        The default steps through the tokens; mixers override it with a parallel form.
+        """
+        self._require_recurrent()
+        self._check_x(x)
+        state = self.init_state(x.shape[0], x.device, x.dtype)
+        outs = []
+        for t in range(x.shape[1]):
+            m_t = None if attention_mask is None else attention_mask[:, t]
+            y_t, state = self.step(x[:, t], state, attention_mask=m_t)
+            outs.append(y_t)
+        y = torch.stack(outs, 1) if outs else x * 0.0
+        return y, state
+
+    def _init_state(self, batch_size: int, device, dtype) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _select_state(self, keep: Tensor, new: Any, old: Any) -> Any:
+        """Per sequence, take ``new`` where ``keep`` else ``old`` (states of fixed shape).
+
+        Mixers whose state grows (KV caches) override this.
+        """
+        if isinstance(new, Tensor):
+            k = keep.view(-1, *([1] * (new.dim() - 1)))
+            return torch.where(k, new, old)
+        if isinstance(new, dict):
+            return {key: self._select_state(keep, new[key], old[key]) for key in new}
+        if isinstance(new, (tuple, list)):
+            return type(new)(self._select_state(keep, a, b) for a, b in zip(new, old))
+        return new
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, causal={self.causal}"

@@ -1,0 +1,229 @@
+"""Mamba: the selective state-space (S6) token mixer, causal, with a constant-size state.
+
+Reference: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
+arXiv 2312.00752; block of ``state-spaces/mamba`` ``modules/mamba_simple.py``.
+
+Block, for ``x`` of shape ``(B, L, D)`` and ``E = expand * D`` inner channels::
+
+    (u, z)      = in_proj(x)                                  # D -> 2E, no bias
+    u           = silu(causal_depthwise_conv1d(u))            # kernel d_conv, left padding only
+    (dt, B, C)  = x_proj(u)                                   # E -> dt_rank + 2 * G * N, no bias
+    delta       = softplus(dt_proj(dt))                       # dt_rank -> E; bias = softplus^-1(dt0)
+    A           = -exp(A_log)                                 # (E, N), S4D-real init A[:, n] = -(n+1)
+    h_t         = exp(delta_t A) h_{t-1} + delta_t B_t u_t    # ZOH for A, Euler for B (as the reference)
+    y_t         = C_t . h_t + D_skip u_t
+    out         = out_proj(y * silu(z))                       # E -> D, no bias
+
+Defaults: ``d_state N = 16``, ``d_conv = 4``, ``expand = 2``, ``dt_rank = ceil(D / 16)``,
+``dt_min = 1e-3``, ``dt_max = 0.1``, ``dt_init_floor = 1e-4``, ``dt_scale = 1``,
+``conv_bias = True``, ``bias = False``. ``dt0 ~ logUniform[dt_min, dt_max]`` floored at
+``dt_init_floor``; ``dt_proj.weight ~ U(+-dt_scale * dt_rank^-1/2)``. ``A_log`` and ``D_skip``
+carry ``_no_weight_decay = True`` (as upstream) for optimisers that honour it.
+
+``num_heads``: the number ``G`` of groups of the input-dependent ``B`` and ``C``
+(channel ``e`` reads group ``e // (E / G)``, as Mamba-2's ``ngroups``). ``num_heads=1``
+is the original Mamba block; ``G > 1`` gives each group of channels its own
+selection, at ``2 (G - 1) N`` extra ``x_proj`` outputs per token.
+
+Computation: training and ``forward`` use the chunked parallel scan of
+:mod:`wersa.ops.selective_scan` (float32, ``O(L c E N)`` time, no ``(B, E, L, N)``
+tensor); ``step`` updates a conv state ``(B, E, d_conv - 1)`` (the previous conv inputs)
+and an SSM state ``(B, E, N)`` (float32); ``prefill`` runs the parallel scan and returns
+both. The mixer is causal only: ``causal=False`` raises (a bidirectional variant would
+be a second, reversed scan and is not provided).
+
+Padding (left or right): a padded token contributes nothing. Its conv input is zeroed
+(so the conv window of the first real token sees zeros, as at the start of an unpadded
+sequence) and its ``delta`` is 0, which makes its decay the identity and its
+``delta * B * u`` input zero: the state passes through it unchanged.
+
+Pitfalls of the reference and how this file avoids them: the scan runs in float32
+whatever the module dtype (fp16/bf16 decays underflow); ``exp(cumsum(delta A))``
+overflows when divided out, so chunk-local differences are masked before ``exp``;
+the conv is padded on the left only; the reference's ``(B, E, L, N)`` materialisation
+is replaced by chunks (and activation checkpointing per chunk when training).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.selective_scan import selective_scan, selective_scan_step
+from .base import Capabilities, Mixer
+from .registry import register_mixer
+
+
+class MambaState(NamedTuple):
+    """Decoding state. conv: ``(B, E, d_conv - 1)`` last conv inputs (module dtype);
+    ssm: ``(B, E, N)`` (float32, float64 for a float64 module)."""
+
+    conv: Tensor
+    ssm: Tensor
+
+
+@register_mixer
+class Mamba(Mixer):
+    """Selective SSM (S6) block: ``(B, N, D) -> (B, N, D)``. See the module docstring."""
+
+    capabilities = Capabilities(
+        name="mamba",
+        causal=True,
+        bidirectional=False,
+        attention_mask=True,
+        left_padding=True,
+        recurrent=True,
+        constant_state=True,
+        linear_time=True,
+        summary="selective state-space model (S6): input-dependent delta, B, C; causal conv + "
+                "chunked parallel scan; num_heads = groups of B/C; causal only",
+        reference="Gu & Dao, Mamba: Linear-Time Sequence Modeling with Selective State Spaces, "
+                  "arXiv 2312.00752",
+    )
+
+    def __init__(
+        self, dim: int, num_heads: int, causal: bool = False, *,
+        d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | None = None,
+        dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+        dt_scale: float = 1.0, conv_bias: bool = True, bias: bool = False,
+        chunk_size: int = 16, seed: int | None = None,
+    ):
+        super().__init__(dim, num_heads, causal)
+        name = self.capabilities.name
+        for opt, val in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand),
+                         ("chunk_size", chunk_size)):
+            if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
+                raise ValueError(f"{name}: {opt} must be a positive integer, got {val!r}")
+        dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
+        if not isinstance(dt_rank, int) or dt_rank <= 0:
+            raise ValueError(f"{name}: dt_rank must be a positive integer or None, got {dt_rank!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
+        self.d_inner = expand * dim
+        self.groups = num_heads  # divides dim, hence d_inner
+        self.chunk_size = chunk_size
+        E, N, G = self.d_inner, d_state, self.groups
+
+        gen = None
+        if seed is not None:
+            gen = torch.Generator().manual_seed(seed)
+        self.in_proj = nn.Linear(dim, 2 * E, bias=bias)
+        self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, bias=conv_bias)
+        self.x_proj = nn.Linear(E, dt_rank + 2 * G * N, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, E, bias=True)
+        self.out_proj = nn.Linear(E, dim, bias=bias)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
+        self.D = nn.Parameter(torch.ones(E))
+        self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
+        self.D._no_weight_decay = True  # type: ignore[attr-defined]
+        with torch.no_grad():
+            std = dt_rank ** -0.5 * dt_scale
+            self.dt_proj.weight.copy_(torch.rand(E, dt_rank, generator=gen) * 2 * std - std)
+            dt = torch.exp(torch.rand(E, generator=gen) * (math.log(dt_max) - math.log(dt_min))
+                           + math.log(dt_min)).clamp(min=dt_init_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            if gen is not None:  # reproducible init of the remaining layers as well
+                for lin in (self.in_proj, self.x_proj, self.out_proj):
+                    bound = lin.in_features ** -0.5
+                    lin.weight.copy_(torch.rand(lin.weight.shape, generator=gen) * 2 * bound - bound)
+                    if lin.bias is not None:
+                        lin.bias.zero_()
+
+    # ----------------------------------------------------------------- helpers
+    def _ssm_params(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``u (..., E)`` -> ``delta (..., E)`` (float32), ``B, C (..., G, N)``."""
+        G, N = self.groups, self.d_state
+        dbc = self.x_proj(u)
+        dt, Bm, Cm = torch.split(dbc, [self.dt_rank, G * N, G * N], dim=-1)
+        cd = torch.float64 if u.dtype == torch.float64 else torch.float32
+        delta = F.softplus(self.dt_proj(dt).to(cd))
+        return delta, Bm.unflatten(-1, (G, N)), Cm.unflatten(-1, (G, N))
+
+    def _A(self) -> Tensor:
+        cd = torch.float64 if self.A_log.dtype == torch.float64 else torch.float32
+        return -torch.exp(self.A_log.to(cd))
+
+    def _conv_weight(self) -> Tensor:
+        return self.conv1d.weight[:, 0, :]  # (E, d_conv)
+
+    # ----------------------------------------------------------------- forward
+    def _run(self, x: Tensor, mask: Tensor | None, return_state: bool):
+        L = x.shape[1]
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
+        if mask is not None:
+            u = u * mask.unsqueeze(-1).to(u.dtype)  # padded tokens feed zeros to the conv
+        conv_in = u
+        uc = self.conv1d(F.pad(u.transpose(1, 2), (self.d_conv - 1, 0)))[..., :L]  # causal
+        uc = F.silu(uc).transpose(1, 2)  # (B, L, E)
+        delta, Bm, Cm = self._ssm_params(uc)
+        if mask is not None:
+            delta = delta * mask.unsqueeze(-1).to(delta.dtype)  # pads: identity decay, no input
+        y, h = selective_scan(uc, delta, self._A(), Bm, Cm, self.D, z,
+                              chunk_size=self.chunk_size, return_state=True)
+        out = self.out_proj(y)
+        if not return_state:
+            return out
+        return out, MambaState(self._last_conv_inputs(conv_in, mask), h)
+
+    def _last_conv_inputs(self, u: Tensor, mask: Tensor | None) -> Tensor:
+        """``(B, E, d_conv - 1)``: the last ``d_conv - 1`` real conv inputs of each row
+        (zeros in front when there are fewer), whatever the padding side."""
+        k1 = self.d_conv - 1
+        Bsz, L, E = u.shape
+        if k1 == 0:
+            return u.new_zeros(Bsz, E, 0)
+        if mask is None:
+            mask = torch.ones(Bsz, L, dtype=torch.bool, device=u.device)
+        rank = mask.long().cumsum(1)  # 1-based rank of each real token
+        slot = rank - rank[:, -1:] + k1 - 1  # slot of the last real token is k1 - 1
+        slot = torch.where(mask & (slot >= 0), slot, torch.full_like(slot, k1))  # k1 = discard
+        buf = u.new_zeros(Bsz, k1 + 1, E)
+        buf = buf.scatter(1, slot.unsqueeze(-1).expand(Bsz, L, E), u)
+        return buf[:, :k1].transpose(1, 2).contiguous()
+
+    def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return self._run(x, mask, return_state=False)
+
+    # --------------------------------------------------------------- recurrent
+    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, MambaState]:
+        """Parallel scan over a prompt ``(B, L, D)``: ``(outputs (B, L, D), state)``."""
+        self._require_recurrent()
+        self._check_x(x)
+        Bsz, L, _ = x.shape
+        mask = self._check_mask(attention_mask, Bsz, L, x.device)
+        if L == 0:
+            return x * 0.0, self.init_state(Bsz, x.device, x.dtype)
+        y, state = self._run(x, mask, return_state=True)
+        if mask is not None:
+            y = y * mask.unsqueeze(-1).to(y.dtype)
+        return y, state
+
+    def _init_state(self, batch_size: int, device, dtype) -> MambaState:
+        sd = torch.float64 if dtype == torch.float64 else torch.float32
+        return MambaState(
+            torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=sd),
+        )
+
+    def _step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        if not isinstance(state, MambaState):
+            raise TypeError(f"mamba: state must be the MambaState from init_state/prefill, "
+                            f"got {type(state).__name__}")
+        u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
+        window = torch.cat([state.conv.to(u.dtype), u.unsqueeze(-1)], dim=-1)  # (B, E, d_conv)
+        uc = (window * self._conv_weight()).sum(-1)
+        if self.conv1d.bias is not None:
+            uc = uc + self.conv1d.bias
+        uc = F.silu(uc)
+        delta, Bm, Cm = self._ssm_params(uc)
+        y, h = selective_scan_step(uc, delta, self._A(), Bm, Cm, state.ssm, self.D, z)
+        return self.out_proj(y), MambaState(window[..., 1:], h)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, d_inner={self.d_inner}, d_state={self.d_state}, "
+                f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, groups={self.groups}")

@@ -1,0 +1,292 @@
+"""Performer (FAVOR+): softmax attention approximated with positive random features.
+
+Reference: Choromanski et al., "Rethinking Attention with Performers", ICLR 2021,
+arXiv 2009.14794. Reference code: lucidrains ``performer-pytorch`` 1.1.4.
+
+Math (per head, head width ``d``, ``m`` random features)::
+
+    q~ = q d^{-1/4},  k~ = k d^{-1/4}               (so q~ . k~ = q . k / sqrt(d))
+    phi(x) = m^{-1/2} exp(W x - |x|^2 / 2)         (kernel="softmax", FAVOR+)
+    phi(x) = m^{-1/2} (relu(W x) + 1e-3)           (kernel="relu", generalized attention)
+    W in R^{m x d}: stacked orthogonal blocks, rows with Gaussian norms, so that
+    E[phi(q~)^T phi(k~)] = exp(q . k / sqrt(d))
+
+    bidirectional: y_i = phi(q_i)^T S / (phi(q_i)^T z + eps),  S = sum_j phi(k_j) v_j^T,  z = sum_j phi(k_j)
+    causal:        the same with S_i, z_i summed over j <= i (chunked, O(N c (m + d) + N m d))
+    recurrent:     S_t = S_{t-1} + phi(k_t) v_t^T,  z_t = z_{t-1} + phi(k_t)   (state O(m d) per head)
+
+Defaults: ``num_features=256``, ``kernel="softmax"``, one ``(m, d)`` projection shared
+by all heads (as in the reference code), ``chunk_size=128``, ``eps=1e-8``.
+
+Stabilisers. ``exp`` may overflow, so implementations shift exponents by a max:
+
+* queries are shifted by their own row max: one constant per query, which
+  multiplies numerator and denominator alike and cancels (up to ``eps``);
+* bidirectional keys are shifted by the max over the *real* keys of the sequence
+  (per batch row and head). A bidirectional output may depend on every real key,
+  so this leaks nothing, and padded keys never enter it;
+* causal keys are never shifted. A shared key shift would have to be a max over
+  keys a query may not see (the defect below). Unshifted, the exponent
+  ``w.x - |x|^2 / 2`` is bounded above by ``|w|^2 / 2``, a constant of the
+  projection (about 32 for ``d = 64``), so float32 cannot overflow; half-precision
+  inputs are computed in float32.
+
+Pitfalls of the reference code and how this file avoids them:
+
+* ``softmax_kernel(..., is_query=False)`` subtracts a max over the whole sequence
+  *and then adds eps = 1e-4* to the features, so the shift does not cancel: in
+  causal mode a large future key changes past outputs (prefix invariance fails
+  by ~1 with one future key scaled x8). Here causal keys carry no shift.
+* Its ``SelfAttention(mask=...)`` only zeroes padded *values*: padded keys still
+  enter the normaliser ``z`` and the key stabiliser, so real outputs move with
+  the padding. Here padded keys' features are zeroed before any sum and
+  excluded from the key max, so right *and* left padding leave real outputs
+  unchanged (in causal mode too: features do not depend on positions).
+* Features are drawn from ``torch.randn`` on the global RNG. Here the projection
+  is a persistent buffer drawn from a ``torch.Generator`` seeded by
+  ``feature_seed``: saved with the model, identical across runs.
+* No generation cache. Here ``init_state`` / ``step`` / ``prefill`` carry ``(S, z)``.
+
+Feature redraw: ``redraw_interval=k`` draws a fresh projection (seed
+``feature_seed`` and the number of earlier draws, so it is reproducible) every
+``k`` forward calls *in training mode only*; evaluation never redraws.
+Redrawing changes the function; do not redraw between ``prefill`` and ``step``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.feature_maps import orthogonal_random_matrix, relu_features, softmax_kernel_features
+from ..ops.linear_attention import (
+    causal_linear_attention,
+    linear_attention,
+    linear_attention_step,
+    LinearAttentionState,
+)
+from .base import Capabilities, Mixer
+from .registry import register_mixer
+
+KERNELS = ("softmax", "relu")
+RELU_EPS = 1e-3  # added to ReLU features (as in the reference code) so no denominator is 0
+_REDRAW_SEED_STRIDE = 1_000_003
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Features and running sums of half-precision inputs are computed in float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def favor_features(
+    x: Tensor, omega: Tensor, *, kernel: str, is_query: bool,
+    key_mask: Tensor | None = None, shift_keys: bool = False,
+) -> Tensor:
+    """Random features of queries or keys.
+
+    Args:
+        x: ``(B, H, N, d)`` inputs, already scaled by ``d^{-1/4}``.
+        omega: ``(m, d)`` projection.
+        kernel: ``"softmax"`` (positive features) or ``"relu"``.
+        is_query: queries are shifted by their own row max (cancels in the ratio).
+        key_mask: ``(B, N)`` bool, ``True`` = real key; padded keys get zero features.
+        shift_keys: keys are shifted by the max exponent over real keys of each
+            ``(batch, head)``. Only for bidirectional attention (see module docstring).
+    Returns:
+        ``(B, H, N, m)`` non-negative features (zero at padded keys).
+    """
+    m = omega.shape[0]
+    if kernel == "relu":
+        phi = relu_features(x, omega) + RELU_EPS / math.sqrt(m)
+    elif is_query:
+        phi = softmax_kernel_features(x, omega, stabilize=True)
+    elif not shift_keys:
+        phi = softmax_kernel_features(x, omega, stabilize=False)
+    else:
+        exponent = x @ omega.transpose(-1, -2) - 0.5 * (x * x).sum(-1, keepdim=True)
+        valid = exponent if key_mask is None else exponent.masked_fill(
+            ~key_mask[:, None, :, None], float("-inf"))
+        shift = valid.amax(dim=(-1, -2), keepdim=True)
+        # A sequence without any real key has shift -inf; its features are zeroed below.
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        phi = torch.exp(exponent - shift) * (1.0 / math.sqrt(m))
+    if key_mask is not None and not is_query:
+        phi = phi * key_mask[:, None, :, None].to(phi.dtype)
+    return phi
+
+
+class RandomFeatureMixin:
+    """A seeded ``(m, d)`` projection buffer with optional redraw in training mode.
+
+    Expects ``self.num_features``, ``self.head_dim``, ``self.feature_seed``,
+    ``self.redraw_interval`` to be set before :meth:`_init_features`.
+    """
+
+    projection_matrix: Tensor
+    redraws: Tensor
+    calls_since_redraw: Tensor
+
+    def _draw(self, index: int, device=None) -> Tensor:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(self.feature_seed + _REDRAW_SEED_STRIDE * index)
+        return orthogonal_random_matrix(self.num_features, self.head_dim, scaling="gaussian",
+                                        generator=g, dtype=torch.float32).to(device)
+
+    def _init_features(self) -> None:
+        self.register_buffer("projection_matrix", self._draw(0))
+        self.register_buffer("redraws", torch.zeros((), dtype=torch.long))
+        self.register_buffer("calls_since_redraw", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def redraw_features(self) -> None:
+        """Replace the projection by the next draw of the seeded sequence."""
+        self.redraws += 1
+        w = self._draw(int(self.redraws), device=self.projection_matrix.device)
+        self.projection_matrix.copy_(w.to(self.projection_matrix.dtype))
+        self.calls_since_redraw.zero_()
+
+    def _maybe_redraw(self) -> None:
+        if self.redraw_interval is None or not self.training:
+            return
+        if int(self.calls_since_redraw) >= self.redraw_interval:
+            self.redraw_features()
+        self.calls_since_redraw += 1
+
+
+def _check_common(name: str, num_features: int, feature_seed: int, redraw_interval: int | None,
+                  eps: float) -> None:
+    if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
+        raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
+    if not isinstance(feature_seed, int) or isinstance(feature_seed, bool) or feature_seed < 0:
+        raise ValueError(f"{name}: feature_seed must be a non-negative integer, got {feature_seed!r}")
+    if redraw_interval is not None and (
+            not isinstance(redraw_interval, int) or isinstance(redraw_interval, bool) or redraw_interval <= 0):
+        raise ValueError(f"{name}: redraw_interval must be None or a positive integer, got {redraw_interval!r}")
+    if not (isinstance(eps, (int, float)) and eps >= 0):
+        raise ValueError(f"{name}: eps must be a non-negative number, got {eps!r}")
+
+
+@register_mixer
+class Performer(RandomFeatureMixin, Mixer):
+    """FAVOR+ attention: ``(B, N, D) -> (B, N, D)`` in ``O(N m d)`` time.
+
+    Args:
+        dim: model width ``D``; num_heads: ``H`` (head width ``d = D / H``).
+        causal: autoregressive form (chunked prefix sums; recurrent ``step``).
+        num_features: random features ``m``.
+        kernel: ``"softmax"`` (FAVOR+) or ``"relu"`` (generalized attention).
+        feature_seed: seed of the projection's generator.
+        redraw_interval: redraw the projection every this many training forward calls
+            (``None`` = never).
+        chunk_size: tokens per chunk of the causal form.
+        eps: added to the denominator.
+        qkv_bias, out_bias: biases of the input / output projections.
+    """
+
+    capabilities = Capabilities(
+        name="performer", causal=True, bidirectional=True, attention_mask=True,
+        recurrent=True, left_padding=True, constant_state=True, linear_time=True,
+        summary="FAVOR+ positive orthogonal random features (softmax or ReLU kernel)",
+        reference="Choromanski et al., Rethinking Attention with Performers, arXiv 2009.14794",
+    )
+
+    def __init__(
+        self, dim: int, num_heads: int, causal: bool = False, *,
+        num_features: int = 256, kernel: str = "softmax", feature_seed: int = 0,
+        redraw_interval: int | None = None, chunk_size: int = 128, eps: float = 1e-8,
+        qkv_bias: bool = False, out_bias: bool = True,
+    ):
+        super().__init__(dim, num_heads, causal)
+        name = self.capabilities.name
+        _check_common(name, num_features, feature_seed, redraw_interval, eps)
+        if kernel not in KERNELS:
+            raise ValueError(f"{name}: kernel must be one of {KERNELS}, got {kernel!r}")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+            raise ValueError(f"{name}: chunk_size must be a positive integer, got {chunk_size!r}")
+        self.num_features = num_features
+        self.kernel = kernel
+        self.feature_seed = feature_seed
+        self.redraw_interval = redraw_interval
+        self.chunk_size = chunk_size
+        self.eps = float(eps)
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.to_out = nn.Linear(dim, dim, bias=out_bias)
+        self._init_features()
+
+    # ------------------------------------------------------------- helpers
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(B, N, D)`` -> q, k, v ``(B, H, N, d)`` in the compute dtype, q and k scaled by ``d^{-1/4}``."""
+        b, n, _ = x.shape
+        cd = compute_dtype(x.dtype)
+        qkv = self.to_qkv(x).to(cd).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        scale = self.head_dim ** -0.25
+        return q * scale, k * scale, v
+
+    def features(self, q: Tensor, k: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Query and key features ``(B, H, N, m)`` of scaled ``q``, ``k`` ``(B, H, N, d)``."""
+        omega = self.projection_matrix.to(q.dtype)
+        phi_q = favor_features(q, omega, kernel=self.kernel, is_query=True)
+        phi_k = favor_features(k, omega, kernel=self.kernel, is_query=False, key_mask=key_mask,
+                               shift_keys=not self.causal)
+        return phi_q, phi_k
+
+    def _merge(self, out: Tensor, dtype: torch.dtype) -> Tensor:
+        """``(B, H, N, d)`` -> output projection ``(B, N, D)``."""
+        b, h, n, d = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(b, n, h * d).to(dtype))
+
+    # ------------------------------------------------------------- forward
+    def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        self._maybe_redraw()
+        q, k, v = self._heads(x)
+        phi_q, phi_k = self.features(q, k, mask)
+        if self.causal:
+            out = causal_linear_attention(phi_q, phi_k, v, eps=self.eps, chunk_size=self.chunk_size)
+        else:
+            out = linear_attention(phi_q, phi_k, v, eps=self.eps)
+        return self._merge(out, x.dtype)
+
+    # ----------------------------------------------------------- recurrent
+    def _init_state(self, batch_size: int, device, dtype) -> dict[str, Tensor]:
+        cd = compute_dtype(dtype)
+        h, m, d = self.num_heads, self.num_features, self.head_dim
+        # A dict (not a NamedTuple) so the base class can select it per sequence.
+        return {"S": torch.zeros(batch_size, h, m, d, device=device, dtype=cd),
+                "z": torch.zeros(batch_size, h, m, device=device, dtype=cd)}
+
+    def _step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        q, k, v = self._heads(x_t.unsqueeze(1))  # (B, H, 1, d)
+        phi_q, phi_k = self.features(q, k, None)
+        prev = LinearAttentionState(state["S"].to(q.dtype), state["z"].to(q.dtype))
+        out, new = linear_attention_step(phi_q[:, :, 0], phi_k[:, :, 0], v[:, :, 0], prev, eps=self.eps)
+        y = self._merge(out.unsqueeze(2), x_t.dtype)[:, 0]
+        return y, {"S": new.S, "z": new.z}
+
+    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run a prompt ``(B, N, D)`` in parallel (chunked) and return ``(outputs, state)``.
+
+        Padded positions (``attention_mask`` False, left or right) are left out of
+        the state and give zero outputs, as if skipped by :meth:`step`.
+        """
+        self._require_recurrent()
+        self._check_x(x)
+        b, n, _ = x.shape
+        mask = self._check_mask(attention_mask, b, n, x.device)
+        state = self.init_state(b, x.device, x.dtype)
+        if n == 0:
+            return x * 0.0, state
+        q, k, v = self._heads(x)
+        phi_q, phi_k = self.features(q, k, mask)
+        out, final = causal_linear_attention(phi_q, phi_k, v, eps=self.eps, chunk_size=self.chunk_size,
+                                             return_state=True)
+        y = self._merge(out, x.dtype)
+        if mask is not None:
+            y = y * mask.unsqueeze(-1).to(y.dtype)
+        return y, {"S": final.S, "z": final.z}
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, num_features={self.num_features}, kernel={self.kernel!r}, "
+                f"feature_seed={self.feature_seed}, redraw_interval={self.redraw_interval}")

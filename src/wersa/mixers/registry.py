@@ -1,0 +1,75 @@
+"""The registry of mixers: ``list_mixers``, ``capabilities``, ``build_mixer``.
+
+A mechanism registers itself with :func:`register_mixer` at import time; the
+test matrix, the models and the benchmark harness discover it from here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from .base import Capabilities, Mixer
+
+_REGISTRY: dict[str, type[Mixer]] = {}
+
+
+def register_mixer(cls: type[Mixer]) -> type[Mixer]:
+    """Class decorator: register ``cls`` under ``cls.capabilities.name``."""
+    caps = getattr(cls, "capabilities", None)
+    if not isinstance(caps, Capabilities):
+        raise TypeError(f"{cls.__name__} must define a Capabilities as `capabilities`")
+    if caps.name in _REGISTRY and _REGISTRY[caps.name] is not cls:
+        raise ValueError(f"a mixer named {caps.name!r} is already registered")
+    _REGISTRY[caps.name] = cls
+    return cls
+
+
+def _lookup(name: str) -> type[Mixer]:
+    if not isinstance(name, str):
+        raise TypeError(f"mixer name must be a string, got {type(name).__name__}")
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown mixer {name!r}{hint} (available: {', '.join(list_mixers())})")
+    return _REGISTRY[name]
+
+
+def list_mixers() -> list[str]:
+    """Names of every registered mixer, sorted."""
+    return sorted(_REGISTRY)
+
+
+def capabilities(name: str) -> Capabilities:
+    """The :class:`Capabilities` of mixer ``name``."""
+    return _lookup(name).capabilities
+
+
+def mixer_class(name: str) -> type[Mixer]:
+    return _lookup(name)
+
+
+def mixer_options(name: str) -> dict[str, object]:
+    """The options ``build_mixer(name, ...)`` accepts beyond dim/num_heads/causal, with defaults."""
+    sig = inspect.signature(_lookup(name).__init__)
+    out = {}
+    for p in list(sig.parameters.values())[1:]:
+        if p.name in ("dim", "num_heads", "causal") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        out[p.name] = None if p.default is inspect.Parameter.empty else p.default
+    return out
+
+
+def build_mixer(name: str, dim: int, num_heads: int, causal: bool = False, **options) -> Mixer:
+    """Build mixer ``name`` for width ``dim`` with ``num_heads`` heads.
+
+    Unknown options raise a ``ValueError`` listing the accepted ones.
+    """
+    cls = _lookup(name)
+    accepted = mixer_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted) or 'none'}"
+        )
+    return cls(dim=dim, num_heads=num_heads, causal=causal, **options)

@@ -1,0 +1,154 @@
+"""Orthonormal Haar wavelet transforms along the sequence axis.
+
+All functions work on tensors whose second-to-last axis is the sequence:
+``(B, N, d)``, ``(B, H, N, d)``, ...
+
+* :func:`haar_dwt` — ``L``-level decomposition. ``N`` is zero-padded only up to the
+  next multiple of ``2^L`` (never to a power of two). The coefficients come in
+  PyWavelets' order ``[cA_L, cD_L, ..., cD_1]`` and equal
+  ``pywt.wavedec(x, 'haar', level=L)`` on the same padded signal:
+  ``cA = (x[2i] + x[2i+1]) / sqrt(2)``, ``cD = (x[2i] - x[2i+1]) / sqrt(2)``.
+* :func:`haar_idwt` — perfect reconstruction, cropped back to ``length``.
+* :func:`haar_filter` — decompose, multiply every band by its gains, reconstruct:
+  the multi-resolution filter of WERSA's bidirectional mode. With every gain equal
+  to ``c`` it is exactly ``c * identity`` (the transform is orthonormal).
+* :func:`block_mean` — per-token values averaged over the aligned blocks of one
+  band (the gain a coefficient receives from per-token gates), counting only
+  valid tokens so padding never changes a real block's gain.
+
+Haar is block-local: coefficient ``i`` of level ``l`` depends only on tokens
+``i 2^l .. (i+1) 2^l - 1``, so right padding (zeros beyond the real length)
+leaves every real position's output unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+
+
+def _check_levels(levels: int) -> None:
+    if not isinstance(levels, int) or levels < 0:
+        raise ValueError(f"levels must be a non-negative integer, got {levels!r}")
+
+
+def padded_length(n: int, levels: int) -> int:
+    """Smallest multiple of ``2^levels`` that is ``>= n``."""
+    block = 1 << levels
+    return -(-n // block) * block
+
+
+def haar_dwt(x: Tensor, levels: int) -> list[Tensor]:
+    """``L``-level orthonormal Haar DWT along axis -2.
+
+    Args:
+        x: ``(..., N, d)``.
+        levels: ``L >= 0``.
+    Returns:
+        ``[cA_L, cD_L, ..., cD_1]``; ``cA_L`` and ``cD_l`` have ``N_pad / 2^l`` rows,
+        where ``N_pad`` is ``N`` rounded up to a multiple of ``2^L``.
+    """
+    _check_levels(levels)
+    n = x.shape[-2]
+    pad = padded_length(n, levels) - n
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+    details = []
+    approx = x
+    for _ in range(levels):
+        even, odd = approx[..., 0::2, :], approx[..., 1::2, :]
+        details.append((even - odd) * _SQRT1_2)
+        approx = (even + odd) * _SQRT1_2
+    return [approx] + details[::-1]
+
+
+def haar_idwt(coeffs: list[Tensor], length: int | None = None) -> Tensor:
+    """Inverse of :func:`haar_dwt`; crops the result to ``length`` rows if given."""
+    approx = coeffs[0]
+    for detail in coeffs[1:]:
+        even = (approx + detail) * _SQRT1_2
+        odd = (approx - detail) * _SQRT1_2
+        approx = torch.stack([even, odd], dim=-2).flatten(-3, -2)
+    if length is not None:
+        approx = approx[..., :length, :]
+    return approx
+
+
+def _broadcast_gain(gain: Tensor, like: Tensor) -> Tensor:
+    """``(B, n)`` gains -> shape broadcastable to ``like`` = ``(B, ..., n, d)``."""
+    return gain.reshape(gain.shape[0], *([1] * (like.dim() - 3)), gain.shape[1], 1).to(like.dtype)
+
+
+def haar_filter(x: Tensor, gains: list[Tensor], levels: int) -> Tensor:
+    """Scale each Haar band of ``x`` by its gains and reconstruct.
+
+    Args:
+        x: ``(B, ..., N, d)``.
+        gains: in :func:`haar_dwt`'s order ``[g_A, g_D_L, ..., g_D_1]``; each
+            ``(B, n_band)`` (one gain per coefficient, shared by the middle axes
+            and by ``d``).
+        levels: ``L``.
+    Returns:
+        ``(B, ..., N, d)``.
+    """
+    if len(gains) != levels + 1:
+        raise ValueError(f"expected {levels + 1} gain tensors (one per band), got {len(gains)}")
+    n = x.shape[-2]
+    coeffs = haar_dwt(x, levels)
+    scaled = [c * _broadcast_gain(g, c) for c, g in zip(coeffs, gains)]
+    return haar_idwt(scaled, length=n)
+
+
+def block_mean(values: Tensor, block: int, valid: Tensor | None = None) -> Tensor:
+    """Average ``(B, N)`` values over aligned blocks of ``block`` tokens.
+
+    ``N`` is padded up to a multiple of ``block``; positions beyond ``N`` and
+    positions where ``valid`` is False do not count. A block with no valid
+    token gets 0. Returns ``(B, ceil(N / block))``.
+    """
+    b, n = values.shape
+    weight = torch.ones_like(values) if valid is None else valid.to(values.dtype)
+    pad = (-n) % block
+    if pad:
+        values = F.pad(values, (0, pad))
+        weight = F.pad(weight, (0, pad))
+    total = (values * weight).reshape(b, -1, block).sum(-1)
+    count = weight.reshape(b, -1, block).sum(-1)
+    return total / count.clamp_min(1.0)
+
+
+def haar_filter_reference(x: Tensor, gains: list[Tensor], levels: int) -> Tensor:
+    """Naive form of :func:`haar_filter` for tests: an explicit ``(N_pad, N_pad)`` matrix per band.
+
+    Builds the orthonormal Haar synthesis matrix ``W`` (rows = basis functions) and
+    computes ``W^T diag(g) W x`` per batch element.
+    """
+    n = x.shape[-2]
+    n_pad = padded_length(n, levels)
+    xp = F.pad(x, (0, 0, 0, n_pad - n))
+    rows, band_of_row, index_in_band = [], [], []
+    scale = 2 ** levels
+    # approximation basis at level L: constant 1/sqrt(2^L) on each block of 2^L
+    for i in range(n_pad // scale):
+        r = torch.zeros(n_pad, dtype=torch.float64)
+        r[i * scale:(i + 1) * scale] = 1.0 / math.sqrt(scale)
+        rows.append(r); band_of_row.append(0); index_in_band.append(i)
+    for band, level in enumerate(range(levels, 0, -1), start=1):
+        size = 2 ** level
+        for i in range(n_pad // size):
+            r = torch.zeros(n_pad, dtype=torch.float64)
+            r[i * size:i * size + size // 2] = 1.0 / math.sqrt(size)
+            r[i * size + size // 2:(i + 1) * size] = -1.0 / math.sqrt(size)
+            rows.append(r); band_of_row.append(band); index_in_band.append(i)
+    W = torch.stack(rows).to(x.dtype).to(x.device)  # (N_pad, N_pad), orthonormal
+    out = []
+    for b in range(x.shape[0]):
+        g = torch.stack([gains[band_of_row[r]][b, index_in_band[r]] for r in range(n_pad)]).to(x.dtype)
+        M = W.T @ torch.diag(g) @ W
+        out.append(torch.einsum("st,...td->...sd", M, xp[b]))
+    return torch.stack(out)[..., :n, :]

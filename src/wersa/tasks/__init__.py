@@ -1,0 +1,1 @@
+"""Tasks: datasets and generators behind one interface (see :mod:`wersa.tasks.base`)."""

@@ -1,0 +1,345 @@
+"""Byte-level text: document classification and language modelling.
+
+Text is UTF-8 encoded and every byte ``b`` becomes token ``b + 1`` (id 0 is padding),
+so the vocabulary has 257 ids and nothing needs a trained tokenizer. Splits are
+made *by document*, from a hash of a document key (its path or row number), so no
+document is in two splits and a split does not change when documents are added.
+
+Tasks:
+
+* ``stdlib_families``: long-document classification on Python's standard library
+  sources (present on every machine); label = the top-level package a file belongs to.
+* ``hf_text``: any Hugging Face text-classification dataset (``text``/``label``
+  columns), or local json/parquet/csv files in that schema; presets ``arxiv``
+  (``ccdv/arxiv-classification``, 11 classes; ``max_length=131072`` gives
+  "ArXiv-128k") and ``imdb`` (LRA "Text" is IMDB at 4k bytes).
+* ``bytes_lm``: byte-level language modelling on local text files (default: the
+  standard library sources) or a Hugging Face text dataset (WikiText, enwik8),
+  cut into windows of ``seq_len`` bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .base import SPLITS, Task, TaskInfo, TokenDataset, check_positive_int
+from .registry import register_task
+
+BYTE_VOCAB_SIZE = 257  # 256 byte values + padding
+
+
+def encode_bytes(text: str | bytes) -> np.ndarray:
+    """UTF-8 bytes of ``text`` as token ids ``byte + 1``: ``(n,)`` int16."""
+    data = text.encode("utf-8", errors="replace") if isinstance(text, str) else bytes(text)
+    return np.frombuffer(data, dtype=np.uint8).astype(np.int16) + 1
+
+
+def decode_bytes(ids: Iterable[int]) -> str:
+    """Inverse of :func:`encode_bytes`; padding (0) is dropped."""
+    return bytes(int(i) - 1 for i in ids if int(i) != 0).decode("utf-8", errors="replace")
+
+
+def document_split(key: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
+    """The split of a document, from a hash of its key: ``"train"``, ``"validation"`` or ``"test"``."""
+    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2 ** 64
+    if u < fractions[0]:
+        return "train"
+    return "validation" if u < fractions[0] + fractions[1] else "test"
+
+
+def _check_fractions(task: str, fractions: Any) -> tuple[float, float, float]:
+    if (not isinstance(fractions, (tuple, list)) or len(fractions) != 3
+            or any(not isinstance(f, (int, float)) or f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9):
+        raise ValueError(f"{task}: split_fractions must be three non-negative numbers summing to 1, got {fractions!r}")
+    return tuple(float(f) for f in fractions)  # type: ignore[return-value]
+
+
+def stdlib_files(root: str | os.PathLike | None = None) -> list[Path]:
+    """Every ``.py`` file of the standard library (``site-packages`` excluded), sorted."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
+
+
+@register_task
+class StdlibFamiliesTask(Task):
+    """Classify a Python source file by the standard-library package it belongs to.
+
+    Documents are the ``.py`` files under the standard library's sub-packages (``email``,
+    ``asyncio``, ``test``, ...); packages with fewer than ``min_documents`` files are
+    left out; each file is truncated to ``max_length`` bytes.
+
+    Args:
+        max_length: bytes kept per document (the sequence length).
+        min_documents: smallest package kept as a class.
+        split_fractions: train/validation/test shares (by file).
+        root: the library folder (default: this interpreter's standard library).
+    """
+
+    name = "stdlib_families"
+
+    def __init__(self, max_length: int = 4096, min_documents: int = 20,
+                 split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                 root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None):
+        super().__init__(cache_dir)
+        check_positive_int(self.name, "max_length", max_length)
+        check_positive_int(self.name, "min_documents", min_documents)
+        self.max_length, self.min_documents = max_length, min_documents
+        self.fractions = _check_fractions(self.name, split_fractions)
+        self.root = Path(root or sysconfig.get_paths()["stdlib"])
+        by_family: dict[str, list[Path]] = {}
+        for path in stdlib_files(self.root):
+            rel = path.relative_to(self.root)
+            if len(rel.parts) > 1:  # top-level modules belong to no package
+                by_family.setdefault(rel.parts[0], []).append(path)
+        self.families = tuple(sorted(f for f, files in by_family.items() if len(files) >= min_documents))
+        if len(self.families) < 2:
+            raise ValueError(f"stdlib_families: fewer than 2 packages with >= {min_documents} files under "
+                             f"{self.root}; lower min_documents")
+        self.documents = [(p, i) for i, f in enumerate(self.families) for p in by_family[f]]
+        self.info = TaskInfo(name=self.name, kind="classification", vocab_size=BYTE_VOCAB_SIZE,
+                             max_length=max_length, num_classes=len(self.families), class_names=self.families,
+                             source="Python standard library sources, byte-level, split by file")
+
+    def config(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "min_documents": self.min_documents,
+                "fractions": self.fractions, "root": str(self.root)}
+
+    def _build_split(self, split: str) -> TokenDataset:
+        seqs, labels = [], []
+        for path, label in self.documents:
+            key = str(path.relative_to(self.root))
+            if document_split(key, self.fractions) == split:
+                seqs.append(encode_bytes(path.read_bytes())[: self.max_length])
+                labels.append(label)
+        return TokenDataset.from_sequences(seqs, labels, dtype=torch.int16)
+
+
+def _load_hf(path: str, name: str | None, data_files: Any, split: str):
+    import datasets
+
+    return datasets.load_dataset(path, name, data_files=data_files, split=split)
+
+
+def _available_splits(path: str, name: str | None, data_files: Any) -> list[str]:
+    if isinstance(data_files, dict):
+        return list(data_files)
+    if data_files is not None:
+        return ["train"]
+    import datasets
+
+    return list(datasets.get_dataset_split_names(path, name))
+
+
+@register_task
+class HFTextClassificationTask(Task):
+    """Byte-level classification of a Hugging Face text dataset (or local files in that schema).
+
+    Splits named ``train`` / ``validation`` / ``test`` are used as they are; a missing
+    validation split is carved out of train by a hash of the row number.
+
+    Args:
+        path, name, data_files: passed to ``datasets.load_dataset``; local files work offline,
+            e.g. ``path="json", data_files={"train": "train.jsonl", "test": "test.jsonl"}``.
+        text_field, label_field: column names.
+        num_classes: classes (read from a ``ClassLabel`` column when ``None``).
+        max_length: bytes kept per document.
+        validation_fraction: share of train used for validation when there is no validation split.
+    """
+
+    name = "hf_text"
+    default_path = "imdb"
+
+    def __init__(self, path: str | None = None, name: str | None = None, data_files: Any = None,
+                 text_field: str = "text", label_field: str = "label", num_classes: int | None = None,
+                 max_length: int = 4096, validation_fraction: float = 0.1,
+                 cache_dir: str | os.PathLike | None = None):
+        super().__init__(cache_dir)
+        check_positive_int(self.name, "max_length", max_length)
+        if not 0 <= validation_fraction < 1:
+            raise ValueError(f"{self.name}: validation_fraction must be in [0, 1), got {validation_fraction!r}")
+        self.path = path or self.default_path
+        self.hf_name, self.data_files = name, data_files
+        self.text_field, self.label_field = text_field, label_field
+        self.max_length, self.validation_fraction = max_length, float(validation_fraction)
+        self.source_splits = _available_splits(self.path, name, data_files)
+        if "train" not in self.source_splits:
+            raise ValueError(f"{self.name}: {self.path!r} has no train split (found {self.source_splits})")
+        if num_classes is None:
+            feature = _load_hf(self.path, name, data_files, "train").features.get(label_field)
+            names = getattr(feature, "names", None)
+            if names is None:
+                raise ValueError(f"{self.name}: the label column {label_field!r} of {self.path!r} is not a "
+                                 f"ClassLabel; pass num_classes=")
+            class_names: tuple[str, ...] | None = tuple(names)
+            num_classes = len(names)
+        else:
+            check_positive_int(self.name, "num_classes", num_classes, 2)
+            class_names = None
+        self.info = TaskInfo(name=self.name, kind="classification", vocab_size=BYTE_VOCAB_SIZE,
+                             max_length=max_length, num_classes=num_classes, class_names=class_names,
+                             source=f"{self.path} (Hugging Face datasets), byte-level, first {max_length} bytes")
+
+    def config(self) -> dict[str, Any]:
+        return {"path": self.path, "name": self.hf_name, "data_files": self.data_files,
+                "text_field": self.text_field, "label_field": self.label_field,
+                "max_length": self.max_length, "validation_fraction": self.validation_fraction}
+
+    def _build_split(self, split: str) -> TokenDataset:
+        carve = split in ("train", "validation") and "validation" not in self.source_splits
+        if split not in self.source_splits and not carve:
+            raise ValueError(f"{self.name}: {self.path!r} has no {split!r} split (found {self.source_splits})")
+        ds = _load_hf(self.path, self.hf_name, self.data_files, "train" if carve else split)
+        for col in (self.text_field, self.label_field):
+            if col not in ds.column_names:
+                raise ValueError(f"{self.name}: {self.path!r} has no column {col!r}; columns: {ds.column_names}")
+        fractions = (1 - self.validation_fraction, self.validation_fraction, 0.0)
+        seqs, labels = [], []
+        for i, (text, label) in enumerate(zip(ds[self.text_field], ds[self.label_field])):
+            if carve and document_split(f"row{i}", fractions) != split:
+                continue
+            if not 0 <= int(label) < self.info.num_classes:
+                raise ValueError(f"{self.name}: row {i} has label {label}, outside 0..{self.info.num_classes - 1}")
+            seqs.append(encode_bytes(text)[: self.max_length])
+            labels.append(int(label))
+        return TokenDataset.from_sequences(seqs, labels, dtype=torch.int16)
+
+
+@register_task
+class ArxivTask(HFTextClassificationTask):
+    """ArXiv long-document classification (``ccdv/arxiv-classification``: 11 classes).
+
+    ``max_length=131072`` gives the "ArXiv-128k" setting.
+    """
+
+    name = "arxiv"
+    default_path = "ccdv/arxiv-classification"
+
+    def __init__(self, path: str | None = None, name: str | None = None, data_files: Any = None,
+                 text_field: str = "text", label_field: str = "label", num_classes: int | None = 11,
+                 max_length: int = 16384, validation_fraction: float = 0.1,
+                 cache_dir: str | os.PathLike | None = None):
+        super().__init__(path, name, data_files, text_field, label_field, num_classes, max_length,
+                         validation_fraction, cache_dir)
+
+
+@register_task
+class ImdbTask(HFTextClassificationTask):
+    """IMDB sentiment at the byte level (LRA "Text": 4,096 bytes, 2 classes)."""
+
+    name = "imdb"
+    default_path = "imdb"
+
+    def __init__(self, path: str | None = None, name: str | None = None, data_files: Any = None,
+                 text_field: str = "text", label_field: str = "label", num_classes: int | None = 2,
+                 max_length: int = 4096, validation_fraction: float = 0.1,
+                 cache_dir: str | os.PathLike | None = None):
+        super().__init__(path, name, data_files, text_field, label_field, num_classes, max_length,
+                         validation_fraction, cache_dir)
+
+
+@register_task
+class ByteLMTask(Task):
+    """Byte-level language modelling in non-overlapping windows of ``seq_len`` bytes.
+
+    Documents are assigned to splits by a hash of their key (file path or row number);
+    each split's documents are concatenated (a newline between documents) and cut
+    into windows; a last partial window is dropped so every example has ``seq_len`` tokens.
+
+    Args:
+        seq_len: tokens per example.
+        paths: text files or folders (searched for ``glob``); default: the standard library.
+        glob: file pattern inside folders.
+        hf_path, hf_name, data_files, text_field: a Hugging Face text dataset instead of files
+            (its train split is re-split by row; e.g. ``hf_path="wikitext",
+            hf_name="wikitext-103-raw-v1"``).
+        max_bytes: stop reading after this many bytes in total (``None``: everything).
+        split_fractions: train/validation/test shares (by document).
+    """
+
+    name = "bytes_lm"
+
+    def __init__(self, seq_len: int = 1024, paths: list[str | os.PathLike] | str | None = None, glob: str = "*.py",
+                 hf_path: str | None = None, hf_name: str | None = None, data_files: Any = None,
+                 text_field: str = "text", max_bytes: int | None = None,
+                 split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
+                 cache_dir: str | os.PathLike | None = None):
+        super().__init__(cache_dir)
+        check_positive_int(self.name, "seq_len", seq_len)
+        if max_bytes is not None:
+            check_positive_int(self.name, "max_bytes", max_bytes)
+        if hf_path is not None and paths is not None:
+            raise ValueError("bytes_lm: pass either paths (local files) or hf_path (a Hugging Face dataset), not both")
+        if hf_path is None and (hf_name is not None or data_files is not None):
+            raise ValueError("bytes_lm: hf_name and data_files need hf_path")
+        self.seq_len, self.glob, self.max_bytes = seq_len, glob, max_bytes
+        self.hf = None if hf_path is None else {"path": hf_path, "name": hf_name, "data_files": data_files,
+                                                "text_field": text_field}
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = None if paths is None else [Path(p) for p in paths]
+        self.fractions = _check_fractions(self.name, split_fractions)
+        if self.hf is not None:
+            source = f"{hf_path} (Hugging Face datasets), byte-level"
+        elif self.paths is None:
+            source = "Python standard library sources, byte-level, split by file"
+        else:
+            source = "local text files, byte-level, split by file"
+        self.info = TaskInfo(name=self.name, kind="language_modeling", vocab_size=BYTE_VOCAB_SIZE,
+                             max_length=seq_len, source=source)
+
+    def config(self) -> dict[str, Any]:
+        return {"seq_len": self.seq_len, "glob": self.glob, "max_bytes": self.max_bytes, "hf": self.hf,
+                "paths": None if self.paths is None else [str(p.resolve()) for p in self.paths],
+                "fractions": self.fractions}
+
+    def _files(self) -> list[Path]:
+        if self.paths is None:
+            return stdlib_files()
+        files: list[Path] = []
+        for p in self.paths:
+            if p.is_dir():
+                files += sorted(q for q in p.rglob(self.glob) if q.is_file())
+            elif p.is_file():
+                files.append(p)
+            else:
+                raise FileNotFoundError(f"bytes_lm: {p} is neither a file nor a folder")
+        if not files:
+            raise ValueError(f"bytes_lm: no files matching {self.glob!r} in {[str(p) for p in self.paths]}")
+        return files
+
+    def documents(self) -> Iterable[tuple[str, bytes]]:
+        """``(key, bytes)`` for every document of the corpus, in a fixed order."""
+        if self.hf is not None:
+            ds = _load_hf(self.hf["path"], self.hf["name"], self.hf["data_files"], "train")
+            field = self.hf["text_field"]
+            if field not in ds.column_names:
+                raise ValueError(f"bytes_lm: {self.hf['path']!r} has no column {field!r}; columns: {ds.column_names}")
+            for i, text in enumerate(ds[field]):
+                yield f"row{i}", text.encode("utf-8", errors="replace")
+        else:
+            for path in self._files():
+                yield str(path), path.read_bytes()
+
+    def _build_split(self, split: str) -> TokenDataset:
+        parts, total = [], 0
+        for key, data in self.documents():
+            if self.max_bytes is not None and total >= self.max_bytes:
+                break
+            total += len(data)
+            if document_split(key, self.fractions) == split:
+                parts.append(encode_bytes(data + b"\n"))
+        stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+        n = len(stream) // self.seq_len
+        tokens = torch.from_numpy(stream[: n * self.seq_len].copy())
+        offsets = torch.arange(n + 1, dtype=torch.int64) * self.seq_len
+        return TokenDataset(tokens, offsets)
+
+
+__all__ = ["BYTE_VOCAB_SIZE", "SPLITS", "encode_bytes", "decode_bytes", "document_split", "stdlib_files"]

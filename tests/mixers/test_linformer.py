@@ -1,0 +1,180 @@
+"""Linformer: naive reference, identity projections = exact attention, parity with and
+defect of the ``linformer`` package (0.2.3), fixed maximum length."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import wersa
+from wersa.mixers.linformer import LinformerAttention
+
+D, H = 16, 2
+
+
+def build(dtype=torch.float64, **opts) -> LinformerAttention:
+    torch.manual_seed(0)
+    opts = {"k": 5, "max_len": 12, "bias": True, **opts}
+    return wersa.build_mixer("linformer", dim=D, num_heads=H, **opts).to(dtype).eval()
+
+
+def naive(m: LinformerAttention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sequence: keep only its real tokens, project with the first L rows, loop over heads."""
+    b, n, _ = x.shape
+    d = D // H
+    mask = torch.ones(b, n, dtype=torch.bool) if mask is None else mask
+    out = x.new_zeros(b, n, D)
+    for bi in range(b):
+        xr = x[bi][mask[bi]]                                   # (L, D)
+        length = xr.shape[0]
+        e = m.proj_k[:length]
+        f = e if m.share_kv else m.proj_v[:length]
+        q, k, v = m.q_proj(xr), e.T @ m.k_proj(xr), f.T @ m.v_proj(xr)  # (L, D), (k, D), (k, D)
+        heads = []
+        for hh in range(H):
+            sl = slice(hh * d, (hh + 1) * d)
+            w = torch.softmax(q[:, sl] @ k[:, sl].T / math.sqrt(d), dim=-1)
+            heads.append(w @ v[:, sl])
+        out[bi, mask[bi]] = m.out_proj(torch.cat(heads, -1))
+    return out
+
+
+@pytest.mark.parametrize("share_kv", [False, True])
+def test_matches_naive_values_and_grads(share_kv):
+    m = build(share_kv=share_kv)
+    x = torch.randn(3, 9, D, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, 6:] = False   # right padding
+    mask[1, :4] = False   # left padding
+    params = (x, m.proj_k, m.k_proj.weight, m.out_proj.bias)
+    for msk in (None, mask):
+        y = m(x, attention_mask=msk)
+        y_ref = naive(m, x, msk)
+        assert (y - y_ref).abs().max() < 1e-12
+        g = torch.randn_like(y)
+        grads = torch.autograd.grad((y * g).sum(), params)
+        refs = torch.autograd.grad((y_ref * g).sum(), params)
+        for a, r in zip(grads, refs):
+            assert (a - r).abs().max() < 1e-12
+
+
+def test_identity_projection_is_exact_attention():
+    """k = n, E = F = I: Linformer is exact softmax attention (same q/k/v/out weights)."""
+    n = 7
+    m = build(k=n, max_len=n)
+    exact = wersa.build_mixer("softmax", dim=D, num_heads=H, bias=True).double().eval()
+    with torch.no_grad():
+        m.proj_k.copy_(torch.eye(n))
+        m.proj_v.copy_(torch.eye(n))
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            getattr(exact, name).load_state_dict(getattr(m, name).state_dict())
+    x = torch.randn(2, n, D, dtype=torch.float64)
+    assert (m(x) - exact(x)).abs().max() < 1e-12
+
+
+def test_k_larger_than_n_and_short_inputs():
+    m = build(k=20, max_len=12)
+    for n in (1, 3, 12):
+        x = torch.randn(2, n, D, dtype=torch.float64)
+        assert (m(x) - naive(m, x)).abs().max() < 1e-12
+
+
+def _copy_into_package(m: LinformerAttention, peer) -> None:
+    with torch.no_grad():
+        peer.to_q.weight.copy_(m.q_proj.weight)
+        peer.to_k.weight.copy_(m.k_proj.weight)
+        if not m.share_kv:
+            peer.to_v.weight.copy_(m.v_proj.weight)
+            peer.proj_v.copy_(m.proj_v)
+        peer.proj_k.copy_(m.proj_k)
+        peer.to_out.weight.copy_(m.out_proj.weight)
+        peer.to_out.bias.copy_(m.out_proj.bias)
+
+
+@pytest.mark.parametrize("n", [12, 8])
+def test_parity_with_linformer_package(n):
+    lf = pytest.importorskip("linformer")
+    m = build(k=5, max_len=12, bias=False)
+    with torch.no_grad():
+        m.q_proj.bias = None
+    m = wersa.build_mixer("linformer", dim=D, num_heads=H, k=5, max_len=12).double().eval()
+    m.out_proj = torch.nn.Linear(D, D, bias=True).double()  # the package's to_out has a bias
+    peer = lf.LinformerSelfAttention(dim=D, seq_len=12, k=5, heads=H).double().eval()
+    _copy_into_package(m, peer)
+    x = torch.randn(2, n, D, dtype=torch.float64)
+    assert (m(x) - peer(x)).abs().max() < 1e-12
+
+
+def test_share_kv_vs_package():
+    """The package's share_kv also reuses to_k as to_v; ours shares only E = F (the paper's)."""
+    lf = pytest.importorskip("linformer")
+    m = wersa.build_mixer("linformer", dim=D, num_heads=H, k=4, max_len=10, share_kv=True).double().eval()
+    m.out_proj = torch.nn.Linear(D, D, bias=True).double()
+    with torch.no_grad():
+        m.v_proj.weight.copy_(m.k_proj.weight)  # make the value map equal the key map
+    peer = lf.LinformerSelfAttention(dim=D, seq_len=10, k=4, heads=H, share_kv=True).double().eval()
+    _copy_into_package(m, peer)
+    x = torch.randn(2, 10, D, dtype=torch.float64)
+    assert (m(x) - peer(x)).abs().max() < 1e-12
+
+
+def test_package_ignores_mask_ours_applies_it():
+    lf = pytest.importorskip("linformer")
+    m = wersa.build_mixer("linformer", dim=D, num_heads=H, k=5, max_len=12).double().eval()
+    m.out_proj = torch.nn.Linear(D, D, bias=True).double()
+    peer = lf.LinformerSelfAttention(dim=D, seq_len=12, k=5, heads=H).double().eval()
+    _copy_into_package(m, peer)
+    x = torch.randn(2, 8, D, dtype=torch.float64)
+    xp = torch.cat([x, torch.randn(2, 4, D, dtype=torch.float64)], 1)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, :8] = True
+    # the package: mask= is swallowed by **kwargs, padding changes the real outputs
+    peer_masked = peer(xp, mask=mask)
+    assert torch.equal(peer_masked, peer(xp))
+    assert (peer_masked[:, :8] - peer(x)).abs().max() > 1e-3
+    # ours: padded run equals unpadded run at real positions
+    assert (m(xp, attention_mask=mask)[:, :8] - m(x)).abs().max() < 1e-12
+
+
+def test_left_padding_invariance():
+    m = build()
+    x = torch.randn(2, 6, D, dtype=torch.float64)
+    xp = torch.cat([torch.randn(2, 4, D, dtype=torch.float64), x, torch.randn(2, 2, D, dtype=torch.float64)], 1)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, 4:10] = True
+    yp = m(xp, attention_mask=mask)
+    assert (yp[:, 4:10] - m(x)).abs().max() < 1e-12
+    assert yp[:, :4].abs().max() == 0 and yp[:, 10:].abs().max() == 0
+
+
+def test_max_len_and_refusals():
+    m = build(max_len=12)
+    assert m.capabilities.max_len == 12 and m.max_len == 12
+    assert wersa.capabilities("linformer").max_len == 4096  # the class default
+    assert m(torch.randn(1, 12, D, dtype=torch.float64)).shape == (1, 12, D)
+    with pytest.raises(ValueError, match="linformer: sequence length 13 exceeds .*max_len=12"):
+        m(torch.randn(1, 13, D, dtype=torch.float64))
+    with pytest.raises(ValueError, match="linformer has no causal form"):
+        wersa.build_mixer("linformer", dim=D, num_heads=H, causal=True)
+    for bad in ({"k": 0}, {"max_len": -1}, {"k": 2.5}, {"dropout": 1.5}):
+        with pytest.raises(ValueError, match="linformer"):
+            wersa.build_mixer("linformer", dim=D, num_heads=H, **bad)
+    with pytest.raises(ValueError, match="recurrent"):
+        m.init_state(1)
+
+
+def test_default_init_dtypes_and_grads():
+    m = wersa.build_mixer("linformer", dim=D, num_heads=H)
+    assert m.proj_k.shape == (4096, 256)
+    assert m.proj_k.abs().max() <= 1 / math.sqrt(256)
+    for dtype in (torch.float32, torch.bfloat16):
+        mm = build(dtype=dtype)
+        x = torch.randn(2, 7, D, dtype=dtype, requires_grad=True)
+        mask = torch.ones(2, 7, dtype=torch.bool)
+        mask[1, 5:] = False
+        y = mm(x, attention_mask=mask)
+        assert y.dtype == dtype and torch.isfinite(y).all()
+        y.float().sum().backward()
+        assert torch.isfinite(x.grad).all() and torch.isfinite(mm.proj_k.grad).all()
