@@ -81,51 +81,49 @@ def test_k_larger_than_n_and_short_inputs():
         assert (m(x) - naive(m, x)).abs().max() < 1e-12
 
 
-def _copy_into_package(m: LinformerAttention, peer) -> None:
+def paired(k: int, max_len: int, share_kv: bool = False):
+    """Our mixer and a ``linformer.LinformerSelfAttention`` holding the same weights.
+
+    The package has no q/k/v bias and a biased output map: ours is built with
+    ``bias=True`` and its q/k/v biases are zeroed. With ``share_kv`` the package
+    also reuses ``to_k`` for the values, so our ``v_proj`` is set equal to ``k_proj``.
+    """
+    lf = pytest.importorskip("linformer")
+    m = build(k=k, max_len=max_len, share_kv=share_kv)
+    peer = lf.LinformerSelfAttention(dim=D, seq_len=max_len, k=k, heads=H, share_kv=share_kv).double().eval()
     with torch.no_grad():
-        peer.to_q.weight.copy_(m.q_proj.weight)
-        peer.to_k.weight.copy_(m.k_proj.weight)
-        if not m.share_kv:
+        for name in ("q_proj", "k_proj", "v_proj"):
+            getattr(m, name).bias.zero_()
+        if share_kv:
+            m.v_proj.weight.copy_(m.k_proj.weight)
+        else:
             peer.to_v.weight.copy_(m.v_proj.weight)
             peer.proj_v.copy_(m.proj_v)
+        peer.to_q.weight.copy_(m.q_proj.weight)
+        peer.to_k.weight.copy_(m.k_proj.weight)
         peer.proj_k.copy_(m.proj_k)
         peer.to_out.weight.copy_(m.out_proj.weight)
         peer.to_out.bias.copy_(m.out_proj.bias)
+    return m, peer
 
 
 @pytest.mark.parametrize("n", [12, 8])
 def test_parity_with_linformer_package(n):
-    lf = pytest.importorskip("linformer")
-    m = build(k=5, max_len=12, bias=False)
-    with torch.no_grad():
-        m.q_proj.bias = None
-    m = wersa.build_mixer("linformer", dim=D, num_heads=H, k=5, max_len=12).double().eval()
-    m.out_proj = torch.nn.Linear(D, D, bias=True).double()  # the package's to_out has a bias
-    peer = lf.LinformerSelfAttention(dim=D, seq_len=12, k=5, heads=H).double().eval()
-    _copy_into_package(m, peer)
+    """No mask: same weights, same outputs (full length and sliced projections)."""
+    m, peer = paired(k=5, max_len=12)
     x = torch.randn(2, n, D, dtype=torch.float64)
     assert (m(x) - peer(x)).abs().max() < 1e-12
 
 
 def test_share_kv_vs_package():
     """The package's share_kv also reuses to_k as to_v; ours shares only E = F (the paper's)."""
-    lf = pytest.importorskip("linformer")
-    m = wersa.build_mixer("linformer", dim=D, num_heads=H, k=4, max_len=10, share_kv=True).double().eval()
-    m.out_proj = torch.nn.Linear(D, D, bias=True).double()
-    with torch.no_grad():
-        m.v_proj.weight.copy_(m.k_proj.weight)  # make the value map equal the key map
-    peer = lf.LinformerSelfAttention(dim=D, seq_len=10, k=4, heads=H, share_kv=True).double().eval()
-    _copy_into_package(m, peer)
+    m, peer = paired(k=4, max_len=10, share_kv=True)
     x = torch.randn(2, 10, D, dtype=torch.float64)
     assert (m(x) - peer(x)).abs().max() < 1e-12
 
 
 def test_package_ignores_mask_ours_applies_it():
-    lf = pytest.importorskip("linformer")
-    m = wersa.build_mixer("linformer", dim=D, num_heads=H, k=5, max_len=12).double().eval()
-    m.out_proj = torch.nn.Linear(D, D, bias=True).double()
-    peer = lf.LinformerSelfAttention(dim=D, seq_len=12, k=5, heads=H).double().eval()
-    _copy_into_package(m, peer)
+    m, peer = paired(k=5, max_len=12)
     x = torch.randn(2, 8, D, dtype=torch.float64)
     xp = torch.cat([x, torch.randn(2, 4, D, dtype=torch.float64)], 1)
     mask = torch.zeros(2, 12, dtype=torch.bool)

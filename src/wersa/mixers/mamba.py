@@ -224,6 +224,9 @@ class Mamba(Mixer):
         y, h = selective_scan_step(uc, delta, self._A(), Bm, Cm, state.ssm, self.D, z)
         return self.out_proj(y), MambaState(window[..., 1:], h)
 
+    def _select_state(self, keep: Tensor, new: MambaState, old: MambaState) -> MambaState:
+        return MambaState(*(super(Mamba, self)._select_state(keep, a, b) for a, b in zip(new, old)))
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, d_inner={self.d_inner}, d_state={self.d_state}, "
                 f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, groups={self.groups}")

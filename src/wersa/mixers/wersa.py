@@ -262,19 +262,22 @@ class WERSA(Mixer):
         self._maybe_redraw()
         if self.feature_map == "published":
             return self._forward_published(x)
+        return self._merge_heads(self.attend(x, mask))
+
+    def attend(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The attention core before the per-head norm: ``(B, N, D) -> (B, H, N, d)``."""
         q, k, v = self._filtered_qkv(x, mask)
         if self.feature_map == "exact":
             b = self.bandwidth.view(1, -1, 1, 1).to(q.dtype)
             qn, kn = F.normalize(q, dim=-1, eps=1e-6) / b, F.normalize(k, dim=-1, eps=1e-6) / b
-            y = softmax_attention_reference(qn, kn, v, causal=self.causal, key_mask=mask, scale=1.0)
-            return self._merge_heads(y)
+            return softmax_attention_reference(qn, kn, v, causal=self.causal, key_mask=mask, scale=1.0)
         phi_q, phi_k = self._features(q, True), self._features(k, False)
         vv = v.to(phi_q.dtype)
         if self.causal:
             y = causal_linear_attention(phi_q, phi_k, vv, key_mask=mask, eps=self.eps, chunk_size=self.chunk_size)
         else:
             y = linear_attention(phi_q, phi_k, vv, key_mask=mask, eps=self.eps)
-        return self._merge_heads(y.to(x.dtype))
+        return y.to(x.dtype)
 
     def _forward_published(self, x: Tensor) -> Tensor:
         """The published bidirectional computation (WERSA.md section 2), same weights."""

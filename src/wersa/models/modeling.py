@@ -526,7 +526,9 @@ class WersaForCausalLM(WersaPreTrainedModel, GenerationMixin):
                     f"labels must have shape (B, N) = {tuple(logits.shape[:2])} (and logits_to_keep=0), "
                     f"got {tuple(labels.shape)}"
                 )
-            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+            # at least float32 for the softmax of the loss (half-precision logits lose too much)
+            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+            shift_logits = shift_logits.to(torch.promote_types(shift_logits.dtype, torch.float32))
             shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
             loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
         result = CausalLMOutputWithPast(

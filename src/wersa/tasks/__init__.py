@@ -1,1 +1,19 @@
-"""Tasks: datasets and generators behind one interface (see :mod:`wersa.tasks.base`)."""
+"""Tasks: datasets and generators behind one interface (see :mod:`wersa.tasks.base`).
+
+Importing this package registers every task::
+
+    from wersa.tasks import build_task, list_tasks
+    task = build_task("listops", num_train=1000, min_length=500, max_length=2000)
+    task.info                                  # vocab_size, max_length, num_classes, source
+    batch = next(iter(task.loader("train", batch_size=8)))
+    batch["input_ids"], batch["attention_mask"], batch["labels"]   # (B, N), (B, N), (B,)
+"""
+
+from . import images, listops, mqar, pathfinder, text  # noqa: F401  (each registers its tasks)
+from .base import IGNORE_INDEX, PAD_ID, Task, TaskInfo, TokenDataset, pad_collate
+from .registry import build_task, list_tasks, register_task, task_class, task_options
+
+__all__ = [
+    "IGNORE_INDEX", "PAD_ID", "Task", "TaskInfo", "TokenDataset", "build_task", "list_tasks",
+    "pad_collate", "register_task", "task_class", "task_options",
+]

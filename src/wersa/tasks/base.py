@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -301,13 +301,3 @@ def split_seed(seed: int, split: str, index: int) -> str:
     """
     return f"{seed}/{split}/{index}"
 
-
-def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

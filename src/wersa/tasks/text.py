@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from .base import SPLITS, Task, TaskInfo, TokenDataset, check_positive_int
+from .base import Task, TaskInfo, TokenDataset, check_positive_int
 from .registry import register_task
 
 BYTE_VOCAB_SIZE = 257  # 256 byte values + padding
@@ -341,5 +341,3 @@ class ByteLMTask(Task):
         offsets = torch.arange(n + 1, dtype=torch.int64) * self.seq_len
         return TokenDataset(tokens, offsets)
 
-
-__all__ = ["BYTE_VOCAB_SIZE", "SPLITS", "encode_bytes", "decode_bytes", "document_split", "stdlib_files"]

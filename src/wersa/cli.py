@@ -1,0 +1,390 @@
+"""The ``wersa`` command line: ``bench``, ``scale``, ``report``, ``train``, ``data``, ``generate``.
+
+Run ``wersa COMMAND --help`` for each command's options. ``python -m wersa`` is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_SCALE_LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
+
+
+# ------------------------------------------------------------------ parsing helpers
+def _value(text: str) -> Any:
+    """``"3"`` -> 3, ``"true"`` -> True, ``"[1,2]"`` -> [1, 2]; anything else stays a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _kv(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: {flag} expects KEY=VALUE, got {item!r} (e.g. {flag} max_length=512)")
+        out[key] = _value(val)
+    return out
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    out = []
+    for t in _csv(text) or []:
+        t = t.lower()
+        mult = 1
+        if t.endswith("k"):
+            t, mult = t[:-1], 1024
+        try:
+            out.append(int(t) * mult)
+        except ValueError:
+            raise SystemExit(f"error: {flag} expects comma-separated integers (1k = 1024), got {text!r}") from None
+    return out
+
+
+def _check_mixers(names: list[str], plugins: list[str] | None) -> None:
+    from .bench import adapters
+
+    adapters.load_plugins(plugins)
+    for n in names:
+        try:
+            adapters.check_mixer(n)
+        except adapters.Unavailable as exc:
+            raise SystemExit(f"error: --mixers: {exc}") from None
+
+
+# ------------------------------------------------------------------ commands
+def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training recipe (overrides the preset's)")
+    g.add_argument("--steps", type=int, help="optimiser steps per cell (max_steps)")
+    g.add_argument("--time-budget", type=float, metavar="S", help="training wall-time budget per cell, seconds")
+    g.add_argument("--batch-size", type=int, help="global batch size")
+    g.add_argument("--lr", type=float, help="peak learning rate (AdamW, warm-up + cosine)")
+    g.add_argument("--warmup", type=int, help="warm-up steps")
+    g.add_argument("--hidden-size", type=int, help="model width")
+    g.add_argument("--layers", type=int, help="number of blocks")
+    g.add_argument("--heads", type=int, help="attention heads")
+    g.add_argument("--eval-samples", type=int, help="cap on evaluated examples (0 = all)")
+    g.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="any other WersaConfig field, e.g. pooling=mean (repeatable)")
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    r: dict[str, Any] = {}
+    for flag, key in (("steps", "max_steps"), ("time_budget", "max_time_s"), ("batch_size", "batch_size"),
+                      ("lr", "lr"), ("warmup", "warmup_steps"), ("device", "device")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            r[key] = v
+    if getattr(args, "eval_samples", None) is not None:
+        r["eval_samples"] = args.eval_samples or None
+    model: dict[str, Any] = {}
+    for flag, key in (("hidden_size", "hidden_size"), ("layers", "num_hidden_layers"),
+                      ("heads", "num_attention_heads")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            model[key] = v
+    if getattr(args, "hidden_size", None) is not None:
+        model.setdefault("intermediate_size", 2 * args.hidden_size)
+    model.update(_kv(getattr(args, "model_option", None), "--model-option"))
+    if model:
+        r["model"] = model
+    return r
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.presets import get_preset
+    from .bench.report import make_report
+    from .bench.sweep import Sweep, TaskEntry, run_sweep
+
+    try:
+        sweep = get_preset(args.preset) if args.preset else Sweep(mixers=[], tasks=[], name="custom")
+    except ValueError as exc:
+        raise SystemExit(f"error: --preset: {exc}") from None
+    if args.mixers:
+        sweep.mixers = _csv(args.mixers)
+    if args.tasks:
+        lengths = _ints(args.lengths, "--lengths") if args.lengths else [None]
+        opts = _kv(args.task_option, "--task-option")
+        entries = []
+        for spec in _csv(args.tasks):
+            name, _, ln = spec.partition(":")
+            for n in ([int(ln)] if ln else lengths):
+                if n is None:
+                    raise SystemExit(f"error: --tasks {spec!r} needs a length: write {name}:LENGTH or pass --lengths")
+                entries.append(TaskEntry(name, n, dict(opts), label=f"{name}-{n}"))
+        sweep.tasks = entries
+    if not sweep.mixers or not sweep.tasks:
+        raise SystemExit("error: choose --preset (quick, standard, paper) or both --mixers and --tasks")
+    if args.seeds:
+        sweep.seeds = [int(s) for s in _csv(args.seeds)]
+    base = dict(model={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "intermediate_size": 128}) if not args.preset else {}
+    over = _recipe_overrides(args)
+    if "model" in over:
+        over["model"] = {**sweep.recipe.get("model", base.get("model", {})), **over["model"]}
+    sweep.recipe = {**base, **sweep.recipe, **over}
+    for key in ("task_factory", "model_factory"):
+        if getattr(args, key):
+            sweep.recipe[key] = getattr(args, key)
+    if args.mem_limit_gb is not None:
+        sweep.mem_limit_gb = args.mem_limit_gb or None
+    if args.timeout is not None:
+        sweep.timeout_s = args.timeout
+    if args.threads is not None:
+        sweep.threads = args.threads
+    out = Path(args.out or f"results/{sweep.name}.jsonl")
+    run_sweep(sweep, out, cache_dir=args.cache_dir, retry_failed=args.retry_failed, progress=not args.quiet,
+              max_cells=args.max_cells, plugins=args.plugin, dry_run=args.dry_run)
+    if args.dry_run or args.no_report:
+        return 0
+    report_dir = Path(args.report_dir or out.with_suffix("").as_posix() + "-report")
+    rep = make_report(out, report_dir, title=f"wersa bench: {sweep.name}")
+    print(rep["markdown"].split("## Training cells", 1)[-1].split("![")[0].strip()[:6000])
+    print(f"\nreport: {report_dir / 'report.md'}  results: {out}")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from .bench import adapters
+    from .bench.report import make_report
+    from .bench.scale import run_scale
+
+    adapters.load_plugins(args.plugin)
+    mixers = _csv(args.mixers) or adapters.list_mixers()
+    if not mixers:
+        raise SystemExit("error: no mixers are registered; pass --mixers or --plugin")
+    _check_mixers(mixers, args.plugin)
+    lengths = _ints(args.lengths, "--lengths") if args.lengths else DEFAULT_SCALE_LENGTHS
+    out = Path(args.out)
+    run_scale(mixers, lengths, str(out), dim=args.dim, num_heads=args.heads, batch_size=args.batch_size,
+              causal=args.causal, device=args.device, threads=args.threads, warmup=args.warmup,
+              repeats=args.repeats, mem_limit_gb=args.mem_limit_gb or None, timeout_s=args.timeout,
+              mixer_options={m: _kv(args.mixer_option, "--mixer-option") for m in mixers} if args.mixer_option
+              else None, plugins=args.plugin, retry_failed=args.retry_failed, progress=not args.quiet)
+    if not args.no_report:
+        report_dir = Path(args.report_dir or out.with_suffix("").as_posix() + "-report")
+        make_report(out, report_dir, title="wersa scale")
+        print(f"report: {report_dir / 'report.md'}  plot: {report_dir / 'scale_time.png'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .bench.report import make_report
+
+    results = Path(args.results)
+    try:
+        rep = make_report(results, Path(args.out_dir or results.with_suffix("").as_posix() + "-report"),
+                          title=args.title)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(rep["markdown"])
+    print("\nwrote: " + ", ".join(rep["files"]))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .bench.train import TrainConfig, run_training
+
+    import os
+
+    cfg_fields: dict[str, Any] = dict(mixer=args.mixer, task=args.task, length=args.length, seed=args.seed,
+                                      task_options=_kv(args.task_option, "--task-option"),
+                                      mixer_options=_kv(args.mixer_option, "--mixer-option"),
+                                      cache_dir=args.cache_dir, plugins=args.plugin or [],
+                                      task_factory=args.task_factory, model_factory=args.model_factory,
+                                      threads=args.threads, count_flops=not args.no_flops)
+    over = _recipe_overrides(args)
+    if "model" in over:
+        over["model"] = {**TrainConfig(mixer="", task="").model, **over["model"]}
+    cfg_fields.update(over)
+    if not args.task_factory:
+        _check_mixers([args.mixer], args.plugin)
+    cfg = TrainConfig.from_dict(cfg_fields)
+    rec = run_training(cfg, save_params=args.save_params, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        rec = {"status": "ok", "config": cfg.to_dict(), **rec}
+        if args.json_out:
+            from .bench.results import append_result
+
+            append_result(args.json_out, rec)
+        keys = ("accuracy", "auc", "eval_loss", "bpb", "steps", "train_time_s", "step_time_s", "peak_mem_bytes",
+                "flops_forward", "flops_train_step", "params")
+        print(json.dumps({k: rec[k] for k in keys if k in rec}, indent=1))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .bench import adapters
+
+    if args.data_cmd == "list" or args.data_cmd is None:
+        names = adapters.list_tasks()
+        print("\n".join(names) if names else "no tasks are registered")
+        return 0
+    try:
+        print(adapters.describe_task(args.task, _kv(args.task_option, "--task-option")))
+    except (ValueError, adapters.Unavailable) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    try:
+        from .models import WersaForCausalLM  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise SystemExit(f"error: the models layer does not provide WersaForCausalLM here ({exc})") from None
+    path = Path(args.model)
+    if not path.exists():
+        raise SystemExit(f"error: --model {path} does not exist; pass a folder written by save_pretrained")
+    model = WersaForCausalLM.from_pretrained(str(path)).eval()
+    # Byte-level convention of the tasks: token id = byte + 1 (0 is padding).
+    ids = torch.tensor([[b + 1 for b in args.prompt.encode()]], dtype=torch.long)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                             temperature=args.temperature or None)
+    new = [int(t) - 1 for t in out[0, ids.shape[1]:] if 0 < int(t) <= 256]
+    print(args.prompt + bytes(new).decode(errors="replace"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .bench.presets import PRESET_HELP
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="wersa", description=__doc__.splitlines()[0], formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    # bench
+    b = sub.add_parser("bench", formatter_class=fmt, help="train and evaluate mixers on tasks (resumable sweep)",
+                       description="Train and evaluate a model per (mixer, task, length, seed) cell with one fair "
+                                   "recipe, each cell in its own memory-capped process; append results to --out "
+                                   "(re-running resumes) and write a report. Presets: "
+                                   + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
+    b.add_argument("--preset", choices=None, metavar="NAME", help="quick, standard or paper")
+    b.add_argument("--mixers", help="comma-separated mixers (overrides the preset's)")
+    b.add_argument("--tasks", help="comma-separated tasks, each NAME or NAME:LENGTH (overrides the preset's)")
+    b.add_argument("--lengths", help="lengths for tasks given without one, e.g. 256,512,1k")
+    b.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="option for --tasks (repeatable)")
+    b.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    b.add_argument("--out", help="results file (JSON lines) [default: results/<preset>.jsonl]")
+    b.add_argument("--report-dir", help="report folder [default: <out>-report]")
+    b.add_argument("--cache-dir", help="task data cache [default: <out folder>/data-cache]")
+    b.add_argument("--mem-limit-gb", type=float, help="memory a cell may add before it is recorded as OOM (0 = none)")
+    b.add_argument("--timeout", type=float, metavar="S", help="hard time limit per cell, seconds (recorded as timeout)")
+    b.add_argument("--threads", type=int, help="torch threads per cell (recorded)")
+    b.add_argument("--retry-failed", action="store_true", help="re-run cells recorded as oom/timeout/error")
+    b.add_argument("--max-cells", type=int, help="run at most this many cells now (the rest on the next run)")
+    b.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    b.add_argument("--no-report", action="store_true", help="do not write the report after the sweep")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.add_argument("--plugin", action="append", metavar="MODULE", help="import MODULE first (registers mixers/tasks)")
+    b.add_argument("--task-factory", help=argparse.SUPPRESS)
+    b.add_argument("--model-factory", help=argparse.SUPPRESS)
+    _add_recipe_flags(b)
+    b.set_defaults(func=cmd_bench)
+
+    # scale
+    s = sub.add_parser("scale", formatter_class=fmt, help="forward / forward+backward time and memory vs length",
+                       description="Time and peak memory of each mixer alone on x: (B, N, D) across lengths, each "
+                                   "(mixer, length) in its own memory-capped process; OOM and time-outs recorded. "
+                                   "Writes a log-log plot of time vs length.")
+    s.add_argument("--mixers", help="comma-separated mixers [default: all registered]")
+    s.add_argument("--lengths", help=f"comma-separated lengths, 1k = 1024 [default: 1k..128k]")
+    s.add_argument("--dim", type=int, default=256, help="model width D")
+    s.add_argument("--heads", type=int, default=4, help="heads")
+    s.add_argument("--batch-size", type=int, default=1, help="batch B")
+    s.add_argument("--causal", action="store_true", help="causal form of each mixer")
+    s.add_argument("--mixer-option", action="append", metavar="KEY=VALUE", help="option for every mixer")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--threads", type=int, help="torch threads (recorded)")
+    s.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    s.add_argument("--repeats", type=int, default=3, help="timed passes (median reported)")
+    s.add_argument("--mem-limit-gb", type=float, default=8.0, help="memory cap per measurement (0 = none)")
+    s.add_argument("--timeout", type=float, default=300.0, metavar="S", help="time limit per measurement")
+    s.add_argument("--out", default="results/scale.jsonl", help="results file (JSON lines, resumable)")
+    s.add_argument("--report-dir", help="report folder [default: <out>-report]")
+    s.add_argument("--retry-failed", action="store_true", help="re-run measurements recorded as failed")
+    s.add_argument("--no-report", action="store_true", help="do not write the report")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--plugin", action="append", metavar="MODULE", help="import MODULE first (registers mixers)")
+    s.set_defaults(func=cmd_scale)
+
+    # report
+    r = sub.add_parser("report", formatter_class=fmt, help="Markdown/CSV tables and PNG plots from a results file")
+    r.add_argument("results", help="results file written by bench or scale (JSON lines)")
+    r.add_argument("--out-dir", help="output folder [default: <results>-report]")
+    r.add_argument("--title", help="report title")
+    r.set_defaults(func=cmd_report)
+
+    # train
+    t = sub.add_parser("train", formatter_class=fmt, help="one training run (works under torchrun)",
+                       description="Train and evaluate one model on one task; the code path of every bench cell. "
+                                   "Runs unchanged under `torchrun --nproc_per_node=N -m wersa train ...` "
+                                   "(DDP; gloo on CPU, NCCL on GPU); rank 0 evaluates and writes.")
+    t.add_argument("--mixer", required=True, help="mixer name (see wersa.list_mixers())")
+    t.add_argument("--task", required=True, help="task name (see `wersa data list`)")
+    t.add_argument("--length", type=int, help="pad every batch to this length [default: longest in batch]")
+    t.add_argument("--seed", type=int, default=0, help="seed (init, shuffling, dropout)")
+    t.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option (repeatable)")
+    t.add_argument("--mixer-option", action="append", metavar="KEY=VALUE", help="mixer option (repeatable)")
+    t.add_argument("--threads", type=int, help="torch threads")
+    t.add_argument("--cache-dir", help="task data cache folder")
+    t.add_argument("--json-out", help="append the result record to this JSON-lines file")
+    t.add_argument("--save-params", help="save the final parameters (state dict) to this file")
+    t.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--plugin", action="append", metavar="MODULE", help="import MODULE first")
+    t.add_argument("--task-factory", help=argparse.SUPPRESS)
+    t.add_argument("--model-factory", help=argparse.SUPPRESS)
+    _add_recipe_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    # data
+    d = sub.add_parser("data", formatter_class=fmt, help="list and describe tasks")
+    dsub = d.add_subparsers(dest="data_cmd", metavar="ACTION")
+    dsub.add_parser("list", help="registered tasks")
+    dd = dsub.add_parser("describe", help="what a task yields (sizes, lengths, vocabulary, source)")
+    dd.add_argument("task", help="task name")
+    dd.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option (repeatable)")
+    d.set_defaults(func=cmd_data)
+
+    # generate
+    g = sub.add_parser("generate", formatter_class=fmt, help="generate bytes from a saved causal LM")
+    g.add_argument("--model", required=True, help="folder written by WersaForCausalLM.save_pretrained")
+    g.add_argument("--prompt", default="", help="prompt text (byte-level)")
+    g.add_argument("--max-new-tokens", type=int, default=100, help="bytes to generate")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished cells are saved, re-run the same command to resume", file=sys.stderr)
+        return 130
+    except ValueError as exc:  # bad arguments found deep down: name them, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

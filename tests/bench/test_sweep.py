@@ -1,0 +1,98 @@
+"""End to end: a tiny isolated sweep, its columns, kill + resume, an induced OOM, the report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import bench_standins  # noqa: F401 - registers the stand-in mixers in this process
+from wersa.bench.cell import run_isolated
+from wersa.bench.results import read_results
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+
+BENCH_ARGS = ["bench", "--mixers", "bench_mean,bench_quad", "--tasks", "bench_first_token:32", "--seeds", "0",
+              "--task-option", "length=32", "--steps", "6", "--batch-size", "8", "--hidden-size", "16",
+              "--heads", "2", "--eval-samples", "16", "--threads", "1", "--mem-limit-gb", "2", "--timeout", "120",
+              "--plugin", "bench_standins", "--task-factory", "bench_standins:make_task",
+              "--model-factory", "bench_standins:make_model", "--quiet"]
+
+OK_COLUMNS = ["accuracy", "auc", "train_time_s", "step_time_s", "tokens_per_s", "peak_mem_bytes", "flops_forward",
+              "flops_train_step", "params", "steps", "env", "config", "key", "mixer", "task", "length", "seed"]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_sweep_kill_resume_columns_and_report(tmp_path):
+    out = tmp_path / "res.jsonl"
+    cmd = [sys.executable, "-m", "wersa", *BENCH_ARGS, "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    # First run: killed as soon as the first cell is written.
+    proc = subprocess.Popen(cmd + ["--no-report"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = read_results(out)
+    assert 1 <= len(first) < 2, proc.stderr.read().decode()[-2000:]
+    # A torn line from a crash in the middle of a write is skipped, not fatal.
+    with open(out, "a") as fh:
+        fh.write('{"key": "torn", "sta')
+    # Second run resumes: only the missing cells run, then the report is written.
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = read_results(out, warn=False)
+    keys = [r["key"] for r in recs]
+    assert len(keys) == len(set(keys)) == 2  # no cell lost, none duplicated
+    assert keys[: len(first)] == [r["key"] for r in first]
+    for rec in recs:
+        assert rec["status"] == "ok", rec.get("error")
+        for col in OK_COLUMNS:
+            assert rec.get(col) is not None, col
+        assert 0.0 <= rec["accuracy"] <= 1.0 and 0.0 <= rec["auc"] <= 1.0
+        assert rec["flops_train_step"] > rec["flops_forward"] > 0
+        assert rec["env"]["torch"] and rec["env"]["torch_threads"] == 1
+        assert rec["config"]["max_steps"] == 6 and rec["steps"] == 6
+    assert {(r["mixer"], r["seed"]) for r in recs} == {(m, s) for m in ("bench_mean", "bench_quad") for s in (0,)}
+    rep = tmp_path / "res-report"
+    md = (rep / "report.md").read_text()
+    assert "bench_mean" in md and "bench_quad" in md and "accuracy" in md
+    assert (rep / "train.csv").exists() and (rep / "accuracy_vs_time.png").exists()
+    # A third run has nothing left to do.
+    res = subprocess.run(cmd + ["--dry-run"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert "0 to run" in res.stdout and len(read_results(out, warn=False)) == 2
+
+
+def test_induced_oom_is_a_recorded_result():
+    spec = {"mixer": "bench_quad", "task": "bench_first_token", "length": 2048, "batch_size": 16,
+            "task_options": {"length": 2048, "num_train": 16, "num_test": 16}, "max_steps": 2,
+            "model": {"hidden_size": 16, "num_attention_heads": 2}, "threads": 1,
+            "task_factory": "bench_standins:make_task", "model_factory": "bench_standins:make_model",
+            "plugins": ["bench_standins"]}
+    # (16, 2048, 2048) float32 scores alone are 256 MiB: far over a 64 MiB cap.
+    rec = run_isolated("train", spec, mem_limit_bytes=64 * 2**20, timeout_s=120, threads=1)
+    assert rec["status"] == "oom", rec
+    assert rec["wall_s"] > 0
+
+
+def test_crash_is_a_recorded_error():
+    rec = run_isolated("train", {"mixer": "bench_mean", "task": "t", "bogus_option": 1}, timeout_s=60)
+    assert rec["status"] == "error" and "bogus_option" in rec["error"]
+
+
+def test_timeout_is_recorded():
+    rec = run_isolated("train", {"mixer": "bench_mean", "task": "t"}, timeout_s=0.05)
+    assert rec["status"] == "timeout"

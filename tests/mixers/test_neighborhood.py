@@ -1,0 +1,167 @@
+"""Neighbourhood attention against dense masked softmax built from the window formula."""
+import math
+
+import pytest
+import torch
+
+import wersa
+from wersa.mixers.neighborhood import neighborhood_mask_2d, neighborhood_window
+
+D, H = 16, 2
+
+
+def formula_mask(n, k, r=1, causal=False):
+    """Dense (n, n) allowed[i, j] from the NATTEN formula, with plain Python integers."""
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        g, p = i % r, i // r
+        G = len(range(g, n, r))
+        for j in range(g, n, r):
+            c = j // r
+            if causal:
+                ok = 0 <= p - c < k
+            else:
+                ke = min(k, G)
+                start = min(max(p - k // 2, 0), G - ke)
+                ok = start <= c < start + ke
+            allowed[i, j] = ok
+    return allowed
+
+
+def window_as_dense(n, k, r, causal):
+    idx, valid = neighborhood_window(torch.arange(n), torch.tensor(n), k, r, causal)
+    dense = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        dense[i, idx[i][valid[i]]] = True
+    assert int(valid.sum(-1).max()) <= k
+    return dense
+
+
+CASES = [(13, 5, 1), (13, 4, 1), (14, 3, 3), (13, 4, 2), (10, 1, 1), (11, 7, 2), (13, 13, 1), (9, 20, 1)]
+
+
+@pytest.mark.parametrize("n,k,r", CASES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_equals_formula(n, k, r, causal):
+    assert torch.equal(window_as_dense(n, k, r, causal), formula_mask(n, k, r, causal))
+
+
+def test_formula_properties():
+    # interior, odd k: symmetric neighbourhood |i - j| <= k // 2
+    m = formula_mask(20, 5)
+    assert m[10].nonzero().flatten().tolist() == [8, 9, 10, 11, 12]
+    # borders are shifted, not truncated: every query sees exactly k keys
+    assert (m.sum(-1) == 5).all() and m[0].nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
+    # even k: one more key on the left
+    assert formula_mask(20, 4)[10].nonzero().flatten().tolist() == [8, 9, 10, 11]
+    # dilation 3 on 14 tokens: groups of 5, 5, 4 tokens
+    m = formula_mask(14, 3, 3)
+    assert m[13].nonzero().flatten().tolist() == [7, 10, 13]
+    assert m[1].nonzero().flatten().tolist() == [1, 4, 7]
+    # k = n: full attention; causal k >= n: full causal; k * r > n: clamped per group
+    assert formula_mask(9, 9).all()
+    assert torch.equal(formula_mask(9, 12, causal=True), torch.ones(9, 9, dtype=torch.bool).tril())
+    assert (formula_mask(10, 7, 2).sum(-1) == 5).all()
+    # causal: the k most recent keys of the group, itself included
+    assert formula_mask(12, 3, 2, causal=True)[9].nonzero().flatten().tolist() == [5, 7, 9]
+
+
+def dense_reference(m, x, allowed):
+    B, N, _ = x.shape
+    q, k, v = m.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(D // H)
+    o = s.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+    return m.out_proj(o.transpose(1, 2).reshape(B, N, D))
+
+
+@pytest.mark.parametrize("n,k,r", CASES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_mixer_matches_dense_masked_softmax(n, k, r, causal):
+    torch.manual_seed(0)
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=causal,
+                          kernel_size=k, dilation=r).double()
+    x = torch.randn(2, n, D, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y, ref = m(x), dense_reference(m, x2, formula_mask(n, k, r, causal))
+    torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-10)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad((y * g).sum(), x)[0],
+                               torch.autograd.grad((ref * g).sum(), x2)[0])
+
+
+def test_2d_matches_dense():
+    Hh, Ww, (kh, kw), (rh, rw) = 5, 6, (3, 4), (1, 2)
+    torch.manual_seed(0)
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, image_size=(Hh, Ww),
+                          kernel_size=(kh, kw), dilation=(rh, rw)).double()
+    mr, mc = formula_mask(Hh, kh, rh), formula_mask(Ww, kw, rw)
+    allowed = (mr[:, None, :, None] & mc[None, :, None, :]).reshape(Hh * Ww, Hh * Ww)
+    x = torch.randn(2, Hh * Ww, D, dtype=torch.float64)
+    torch.testing.assert_close(m(x), dense_reference(m, x, allowed))
+    idx, valid = neighborhood_mask_2d((Hh, Ww), (kh, kw), (rh, rw))
+    # columns: groups of 3 tokens, so kw = 4 is clamped to 3 keys per axis
+    assert idx.shape == (Hh * Ww, kh * kw) and (valid.sum(-1) == kh * 3).all()
+
+
+@pytest.mark.parametrize("k,r", [(5, 1), (4, 2), (3, 3)])
+def test_step_equals_parallel(k, r):
+    torch.manual_seed(0)
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=True, kernel_size=k, dilation=r).double()
+    x = torch.randn(2, 14, D, dtype=torch.float64)
+    mask = torch.ones(2, 14, dtype=torch.bool)
+    mask[1, :3] = False
+    mask[1, 8] = False
+    for msk in (None, mask):
+        y = m(x, attention_mask=msk)
+        s = m.init_state(2)
+        outs = []
+        for t in range(14):
+            o, s = m.step(x[:, t], s, attention_mask=None if msk is None else msk[:, t])
+            outs.append(o)
+        torch.testing.assert_close(torch.stack(outs, 1), y)
+    assert s["k"].shape[2] == (k - 1) * r + 1
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_any_pattern(causal):
+    """Windows are computed over each row's real tokens: right/left/inner padding invariant."""
+    torch.manual_seed(0)
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=causal, kernel_size=4, dilation=2).double()
+    x = torch.randn(3, 13, D, dtype=torch.float64)
+    mask = torch.ones(3, 13, dtype=torch.bool)
+    mask[0, 9:] = False
+    mask[1, :5] = False
+    mask[2, [2, 3, 7]] = False
+    y = m(x, attention_mask=mask)
+    for b in range(3):
+        torch.testing.assert_close(y[b, mask[b]], m(x[b : b + 1, mask[b]])[0])
+        assert torch.all(y[b, ~mask[b]] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dtypes_lengths_and_grads_finite(dtype, causal):
+    torch.manual_seed(0)
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=causal, kernel_size=5).to(dtype)
+    for n in (1, 2, 9):
+        x = torch.randn(2, n, D, dtype=dtype, requires_grad=True)
+        y = m(x)
+        assert y.shape == x.shape and y.dtype == dtype and torch.isfinite(y).all()
+        y.float().square().mean().backward()
+        assert torch.isfinite(x.grad).all()
+
+
+def test_defaults_and_errors():
+    assert wersa.build_mixer("neighborhood", dim=D, num_heads=H).kernel_size == 31
+    assert wersa.build_mixer("neighborhood", dim=D, num_heads=H, image_size=(4, 4)).kernel_size == (7, 7)
+    with pytest.raises(ValueError, match="neighborhood"):
+        wersa.build_mixer("neighborhood", dim=D, num_heads=H, kernel_size=0)
+    with pytest.raises(ValueError, match="neighborhood"):
+        wersa.build_mixer("neighborhood", dim=D, num_heads=H, kernel_size=(3, 3))
+    with pytest.raises(ValueError, match="bidirectional only"):
+        wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=True, image_size=(4, 4))
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, image_size=(4, 4))
+    with pytest.raises(ValueError, match="needs N = 16"):
+        m(torch.randn(1, 15, D))
+    with pytest.raises(ValueError, match="no padding mask"):
+        m(torch.randn(1, 16, D), attention_mask=torch.arange(16).view(1, 16) < 10)
