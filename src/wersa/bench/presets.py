@@ -38,11 +38,13 @@ def _standard() -> Sweep:
     tasks = [
         TaskEntry("listops", 2048, {"num_train": 4000, "num_validation": 200, "num_test": 500,
                                     "min_length": 500, "max_length": 2000}, label="ListOps-2k"),
-        TaskEntry("sfmnist", 784, {}, label="sFashion-MNIST-784"),
+        TaskEntry("fashion_mnist", 784, {}, label="sFashion-MNIST-784"),
         TaskEntry("pathfinder", 1024, {"image_size": 32, "num_train": 4000, "num_validation": 200, "num_test": 500},
                   label="Pathfinder-32px"),
-        TaskEntry("text", 4096, {"max_length": 4096}, label="Text-4k", overrides=dict(batch_size=8)),
-        TaskEntry("documents", 16384, {"max_length": 16384}, label="Documents-16k", overrides=long_overrides),
+        TaskEntry("stdlib_families", 4096, {"max_length": 4096}, label="Text-4k (stdlib bytes)",
+                  overrides=dict(batch_size=8)),
+        TaskEntry("stdlib_families", 16384, {"max_length": 16384}, label="Documents-16k (stdlib bytes)",
+                  overrides=long_overrides),
     ]
     sweep = Sweep(mixers=list(PAPER_MIXERS), tasks=tasks, seeds=[0, 1, 2], recipe=recipe, mem_limit_gb=8.0,
                   timeout_s=900.0, name="standard")
@@ -56,13 +58,13 @@ def _paper() -> Sweep:
                   eval_samples=None, device="cuda")
     tasks = [
         TaskEntry("listops", 2048, {"min_length": 500, "max_length": 2000}, label="ListOps-2k"),
-        TaskEntry("sfmnist", 784, {}, label="sFashion-MNIST-784"),
+        TaskEntry("fashion_mnist", 784, {}, label="sFashion-MNIST-784"),
         TaskEntry("pathfinder", 1024, {"image_size": 32}, label="Pathfinder-32px"),
         TaskEntry("pathfinder", 16384, {"image_size": 128}, label="Pathfinder-128px",
                   overrides=dict(batch_size=8)),
-        TaskEntry("text", 4096, {"max_length": 4096}, label="Text-4k"),
-        TaskEntry("documents", 16384, {"max_length": 16384}, label="Documents-16k", overrides=dict(batch_size=8)),
-        TaskEntry("documents", 131072, {"max_length": 131072}, label="Documents-128k",
+        TaskEntry("imdb", 4096, {"max_length": 4096}, label="Text-4k (IMDB bytes)"),
+        TaskEntry("arxiv", 16384, {"max_length": 16384}, label="ArXiv-16k", overrides=dict(batch_size=8)),
+        TaskEntry("arxiv", 131072, {"max_length": 131072}, label="ArXiv-128k",
                   overrides=dict(batch_size=1, max_steps=2000)),
     ]
     return Sweep(mixers=list(PAPER_MIXERS), tasks=tasks, seeds=[0, 1, 2], recipe=recipe, mem_limit_gb=None,

@@ -127,7 +127,7 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
                          retry_failed=retry_failed)
     cells = cell_configs(sweep)
     todo = [(e, c) for e, c in cells if key_of(c) not in done]
-    if progress:
+    if progress or dry_run:
         print(f"{sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, {len(todo)} to run")
     if dry_run:
         return [{"status": "pending", "key": key_of(c), "mixer": c.mixer, "task": e.title, "seed": c.seed}

@@ -82,7 +82,9 @@ def l2vit_linear_attention(
     t = tau.view(1, -1, 1, 1).to(q.dtype)
     if causal:
         num = causal_linear_attention(q, k, v, normalize=False, chunk_size=chunk_size)
-        den = (q * torch.cumsum(k, dim=2)).sum(-1, keepdim=True)
+        # A bf16 running sum over a long sequence loses most of its mantissa; sum in fp32.
+        acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        den = (q.to(acc) * torch.cumsum(k, dim=2, dtype=acc)).sum(-1, keepdim=True).to(q.dtype)
     else:
         num = q @ (k.transpose(-1, -2) @ v)
         den = q @ k.sum(dim=2, keepdim=True).transpose(-1, -2)

@@ -193,6 +193,24 @@ class WersaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["WersaBlock"]
     supports_gradient_checkpointing = False
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        model = super().from_pretrained(*args, **kwargs)
+        model._realign_tensors()
+        return model
+
+    def _realign_tensors(self) -> None:
+        """Copy weights that safetensors memory-mapped at an unaligned address.
+
+        CPU BLAS kernels take different code paths for unaligned data, so a loaded
+        model would differ from the saved one in the last bits. A fresh allocation is
+        aligned, making the round trip exact. Parameters are changed in place
+        (``.data``), so tied weights stay tied.
+        """
+        for t in list(self.parameters()) + list(self.buffers()):
+            if t.device.type == "cpu" and t.numel() and t.data_ptr() % 64:
+                t.data = t.data.clone()
+
     def _init_weights(self, module: nn.Module) -> None:
         if getattr(module, "_wersa_keep_init", False):
             return

@@ -53,6 +53,11 @@ class TaskInfo:
             (e.g. ``"generated, LRA ListOps recipe"``); generated or substitute data is
             never labelled as the official benchmark.
         class_names: optional names of the classes.
+        pad_id: the padding token id (always ``0``).
+        bytes_per_token: bytes of source text per token for byte-level text tasks (``1.0``:
+            one token per UTF-8 byte), so a language-modelling loss in bits per token is
+            bits per byte (``bpb = bits_per_token / bytes_per_token``); ``None`` where tokens
+            are not text (images, generated symbols), where bits per byte means nothing.
     """
 
     name: str
@@ -63,6 +68,7 @@ class TaskInfo:
     source: str = ""
     class_names: tuple[str, ...] | None = None
     pad_id: int = PAD_ID
+    bytes_per_token: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,6 +239,15 @@ class Task:
     def _build_split(self, split: str) -> TokenDataset:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def split_documents(self, split: str) -> list[str] | None:
+        """Keys of the source documents that make up ``split`` (sorted, unique), or ``None``.
+
+        Tasks whose examples come from documents (files, plays, rows) return them so
+        :func:`wersa.tasks.describe` can check that no document is in two splits;
+        generated tasks and image sets return ``None``.
+        """
+        return None
+
     def cache_path(self, split: str) -> Path | None:
         if self.cache_dir is None:
             return None
@@ -291,6 +306,18 @@ def check_positive_int(task: str, name: str, value: Any, minimum: int = 1) -> in
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{task}: {name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def require_examples(task: str, split: str, ds: TokenDataset, where: str, hint: str) -> TokenDataset:
+    """Return ``ds``, or raise a ``ValueError`` naming the source when the split came out empty.
+
+    A file-backed split with no example is always a mistake (a wrong folder, an empty
+    file, split fractions too small for the corpus); training on it would fail later
+    with a far less helpful error.
+    """
+    if len(ds) == 0:
+        raise ValueError(f"{task}: the {split} split is empty ({where}); {hint}")
+    return ds
 
 
 def split_seed(seed: int, split: str, index: int) -> str:

@@ -5,7 +5,8 @@ Arena "Image" task. Sources:
 
 * ``digits``: scikit-learn's 8x8 digits (1,797 images, length 64), for smoke tests;
 * ``fashion_mnist``: Fashion-MNIST IDX files (Debian ``dataset-fashion-mnist`` puts them
-  in ``/usr/share/datasets/fashion-mnist``), length 784;
+  in ``/usr/share/datasets/fashion-mnist``, the default; ``WERSA_FASHION_MNIST_DIR`` or
+  ``data_dir=`` point elsewhere), length 784;
 * ``hf_images``: any Hugging Face image-classification dataset (MNIST, CIFAR-10, ...)
   through ``datasets.load_dataset``, converted to grey levels.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +29,41 @@ import torch
 from .base import Task, TaskInfo, TokenDataset, check_positive_int
 from .registry import register_task
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where the Debian package installs it
+FASHION_MNIST_ENV = "WERSA_FASHION_MNIST_DIR"
+_REINSTALL = ("re-download the file, or reinstall the Debian package "
+              "(apt-get install --reinstall dataset-fashion-mnist)")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzip-compressed or not, into a uint8 array."""
+    """Read an IDX file (the MNIST format), gzip-compressed or not, into a uint8 array.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file
+    for a corrupt one (truncated gzip stream, bad header, body of the wrong size).
+    """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such IDX file")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ValueError(f"{path}: corrupt or truncated gzip file ({exc}); {_REINSTALL}") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+        raise ValueError(f"{path}: not an IDX file (bad magic number); {_REINSTALL}")
     if data[2] != 0x08:
         raise ValueError(f"{path}: IDX type 0x{data[2]:02x} is not unsigned bytes (0x08)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions); {_REINSTALL}")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but the file holds {body.size} bytes")
+        raise ValueError(f"{path}: header says shape {shape} but the file holds {body.size} bytes "
+                         f"(truncated?); {_REINSTALL}")
     return body.reshape(shape)
 
 
@@ -136,16 +153,18 @@ class FashionMnistTask(_ImageTask):
     """Fashion-MNIST read pixel by pixel: 10 classes, length ``784 * upsample**2``.
 
     Args:
-        data_dir: folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
+        data_dir: folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
+            (default: ``$WERSA_FASHION_MNIST_DIR``, else ``/usr/share/datasets/fashion-mnist``,
+            where ``apt-get install dataset-fashion-mnist`` puts them).
     """
 
     name = "fashion_mnist"
 
-    def __init__(self, data_dir: str | os.PathLike = FASHION_MNIST_DIR, upsample: int = 1,
+    def __init__(self, data_dir: str | os.PathLike | None = None, upsample: int = 1,
                  validation_fraction: float = 1 / 12, seed: int = 0,
                  cache_dir: str | os.PathLike | None = None):
         super().__init__(upsample, validation_fraction, seed, cache_dir)
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
         self._set_info(28, FASHION_MNIST_CLASSES, "Fashion-MNIST, sequential (pixel by pixel)")
 
     def config(self) -> dict[str, Any]:
@@ -157,15 +176,27 @@ class FashionMnistTask(_ImageTask):
                 return self.data_dir / name
         raise FileNotFoundError(
             f"fashion_mnist: {stem}[.gz] not found in {self.data_dir}; install the Debian package "
-            f"dataset-fashion-mnist or pass data_dir= the folder holding the IDX files"
+            f"dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist), or pass data_dir= "
+            f"(or set {FASHION_MNIST_ENV}) to the folder holding the IDX files"
         )
 
     def _load(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         prefix = "train" if train else "t10k"
-        images = read_idx(self._file(f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(self._file(f"{prefix}-labels-idx1-ubyte"))
+        images_path = self._file(f"{prefix}-images-idx3-ubyte")
+        labels_path = self._file(f"{prefix}-labels-idx1-ubyte")
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1:
+            raise ValueError(f"fashion_mnist: {images_path} must hold (n, H, W) images and {labels_path} (n,) "
+                             f"labels, got {images.shape} and {labels.shape}; the files may be swapped")
         if len(images) != len(labels):
-            raise ValueError(f"fashion_mnist: {len(images)} images but {len(labels)} labels in {self.data_dir}")
+            raise ValueError(f"fashion_mnist: {len(images)} images in {images_path} but {len(labels)} labels in "
+                             f"{labels_path}; the files come from different releases")
+        if len(labels) == 0:
+            raise ValueError(f"fashion_mnist: {labels_path} holds no example; {_REINSTALL}")
+        if int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+            bad = int(np.argmax(labels >= len(FASHION_MNIST_CLASSES)))
+            raise ValueError(f"fashion_mnist: {labels_path} gives image {bad} the label {int(labels[bad])}, "
+                             f"outside 0..{len(FASHION_MNIST_CLASSES) - 1}; the file is corrupt, {_REINSTALL}")
         return images, labels.astype(np.int64)
 
 

@@ -1,0 +1,323 @@
+"""Fused, memory-lean FAVOR+ attention: features and linear attention in one autograd node.
+
+Computes, per head ``h`` with bandwidth ``b_h`` and projection ``Omega_h`` (``m x d``)::
+
+    q^ = normalize(q) / b_h,  k^ = normalize(k) / b_h
+    phi(x^) = exp(Omega_h x^ - |x^|^2 / 2) / sqrt(m)        (queries also shifted by their row max)
+    y_i = phi(q^_i)^T S / (phi(q^_i)^T z + eps)              (S, z summed over all real keys,
+                                                              or over keys j <= i when causal)
+
+which is exactly :func:`favor_attention_reference` (the composition of
+``F.normalize``, :func:`~wersa.ops.feature_maps.softmax_kernel_features` and
+:func:`~wersa.ops.linear_attention.linear_attention` /
+:func:`~wersa.ops.linear_attention.causal_linear_attention`), with the same
+gradients. What changes is the cost:
+
+* The ``(B, H, N, m)`` feature tensors are never stored. The sequence is processed
+  in blocks of ``block_size`` tokens; the backward pass recomputes each block's
+  features (one extra ``N d m`` product per side, cheap next to what it saves:
+  autograd would keep about eight ``N m`` tensors per head alive, 8 GiB at 128k
+  tokens with ``m = 256``).
+* Normalisation and bandwidth live inside the node too, so none of their
+  ``(B, H, N, d)`` intermediates are saved: the node keeps its inputs, its output
+  and, causally, one ``(m, d + 1)`` state per block.
+* Bidirectional: two passes, key sums ``[S | z]`` then queries; the backward pass
+  mirrors them (queries first, which yields ``dL/d[S | z]``, then keys).
+* Causal: inside a block, the chunked form of
+  :func:`~wersa.ops.linear_attention.causal_linear_attention` (masked
+  ``chunk x chunk`` products plus an exclusive prefix over chunk states), batched
+  over the block's chunks; across blocks, the running state is carried forward
+  and its gradient carried backward (blocks in reverse, the state entering each
+  block saved in the forward pass).
+* The denominator rides along as a ones column appended to ``v`` (per block, not
+  a copy of the whole ``v``), so numerator and denominator come from the same GEMM.
+
+The query stabiliser is detached (as in the reference), so it contributes no
+gradient term; keys are never shifted. ``Omega`` is a constant (a buffer): no
+gradient flows to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .feature_maps import softmax_kernel_features
+from .linear_attention import LinearAttentionState, causal_linear_attention, linear_attention
+
+_NORM_EPS = 1e-6  # F.normalize's eps, as used by the reference
+
+
+def _block_features(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, log_scale: float):
+    """``(B, H, T, d) -> phi (B, H, T, m)`` plus what its backward needs (``x^`` and the clamped norm)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    xn = x / norm * inv_b
+    e = xn @ omega_t  # (B, H, T, m)
+    # exp(e - |x^|^2/2 - [row max]) / sqrt(m), in place: one (T, m) buffer per block.
+    shift = 0.5 * (xn * xn).sum(-1, keepdim=True) + log_scale
+    if is_query:
+        # The row max of (e - |x^|^2/2) is max(e) - |x^|^2/2: the |x^|^2 term cancels.
+        shift = e.amax(-1, keepdim=True) + log_scale
+    e.sub_(shift).exp_()
+    return e, xn, norm
+
+
+def _features_backward(g_e: Tensor, xn: Tensor, norm: Tensor, inv_b: Tensor, omega: Tensor):
+    """Gradient through ``e = x^ Omega^T - |x^|^2/2`` and ``x^ = normalize(x) / b``.
+
+    Returns ``g_x`` ``(B, H, T, d)`` and ``g_b`` per head ``(H,)``.
+    """
+    g_xn = g_e @ omega - g_e.sum(-1, keepdim=True) * xn  # (B, H, T, d)
+    # x^ = u / b  =>  dL/db = -sum(g_xn * x^) / b  (summed per head).
+    g_b = -(g_xn * xn).sum(dim=(0, 2, 3)) * inv_b.view(-1)
+    g_u = g_xn * inv_b
+    u = xn / inv_b
+    # u = x / max(|x|, eps): below eps the norm is a constant (clamp), as in F.normalize.
+    radial = (u * g_u).sum(-1, keepdim=True) * (norm > _NORM_EPS).to(u.dtype)
+    return (g_u - u * radial) / norm, g_b
+
+
+def _ones_column(v: Tensor) -> Tensor:
+    return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
+
+
+def _output_grad(gy: Tensor, y: Tensor, den: Tensor) -> Tensor:
+    """``y = num / den``: gradient w.r.t. ``[num | den - eps]`` as one ``(.., d + 1)`` tensor."""
+    return torch.cat([gy / den, -(gy * y).sum(-1, keepdim=True) / den], dim=-1)
+
+
+def _blocks(n: int, size: int):
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+# ----------------------------------------------------------------- bidirectional
+def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, log_scale):
+    B, H, N, d = v.shape
+    kv = v.new_zeros(B, H, omega_t.shape[-1], d + 1)  # [S | z]
+    for s, t in _blocks(N, block):
+        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, log_scale)
+        if key_mask is not None:
+            phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
+        kv += phi_k.transpose(-1, -2) @ _ones_column(v[:, :, s:t])
+    y = v.new_empty(B, H, N, d)
+    den = v.new_empty(B, H, N, 1)
+    for s, t in _blocks(N, block):
+        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, log_scale)
+        out = phi_q @ kv
+        den[:, :, s:t] = out[..., d:] + eps
+        torch.div(out[..., :d], den[:, :, s:t], out=y[:, :, s:t])
+    return y, den, kv
+
+
+def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, block, log_scale):
+    N, d = v.shape[-2], v.shape[-1]
+    g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    g_b = inv_b.new_zeros(inv_b.numel())
+    g_kv = torch.zeros_like(kv)
+    for s, t in _blocks(N, block):
+        phi_q, xn, norm = _block_features(q[:, :, s:t], omega_t, inv_b, True, log_scale)
+        g_out = _output_grad(gy[:, :, s:t], y[:, :, s:t], den[:, :, s:t])  # (B, H, T, d+1)
+        g_kv += phi_q.transpose(-1, -2) @ g_out
+        g_e = (g_out @ kv.transpose(-1, -2)).mul_(phi_q)  # d exp(e) = exp(e) de
+        g_q[:, :, s:t], gb = _features_backward(g_e, xn, norm, inv_b, omega)
+        g_b += gb
+    g_s, g_z = g_kv[..., :d], g_kv[..., d]
+    for s, t in _blocks(N, block):
+        phi_k, xn, norm = _block_features(k[:, :, s:t], omega_t, inv_b, False, log_scale)
+        if key_mask is not None:
+            phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
+        g_v[:, :, s:t] = phi_k @ g_s
+        g_e = (v[:, :, s:t] @ g_s.transpose(-1, -2)).add_(g_z.unsqueeze(-2)).mul_(phi_k)
+        g_k[:, :, s:t], gb = _features_backward(g_e, xn, norm, inv_b, omega)
+        g_b += gb
+    return g_q, g_k, g_v, g_b
+
+
+# ------------------------------------------------------------------------ causal
+def _causal_block(phi_q, phi_k, v, state, c):
+    """Chunked causal linear attention of one block, batched over its chunks.
+
+    Returns ``out (B, H, T, d+1)``, the state after the block and the tensors the
+    backward pass reuses.
+    """
+    B, H, T, m = phi_q.shape
+    vv = _ones_column(v)
+    e = vv.shape[-1]
+    pad = (-T) % c
+    if pad:  # features of padded tokens are zero: they add nothing
+        phi_q, phi_k, vv = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, vv))
+    C = (T + pad) // c
+    qc, kc, vc = phi_q.view(B, H, C, c, m), phi_k.view(B, H, C, c, m), vv.view(B, H, C, c, e)
+    tril = torch.ones(c, c, dtype=torch.bool, device=phi_q.device).tril().to(phi_q.dtype)
+    scores = (qc @ kc.transpose(-1, -2)).mul_(tril)  # (B, H, C, c, c)
+    chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, C, m, e)
+    before = torch.cumsum(chunk_kv, dim=2).sub_(chunk_kv).add_(state.unsqueeze(2))  # exclusive prefix
+    out = scores @ vc
+    out += qc @ before
+    new_state = before[:, :, -1] + chunk_kv[:, :, -1]
+    return out.view(B, H, C * c, e)[:, :, :T], new_state, (qc, kc, vc, scores, before, tril, pad)
+
+
+def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, log_scale, state=None):
+    B, H, N, d = v.shape
+    m = omega_t.shape[-1]
+    if state is None:
+        state = v.new_zeros(B, H, m, d + 1)
+    states = []
+    y = v.new_empty(B, H, N, d)
+    den = v.new_empty(B, H, N, 1)
+    for s, t in _blocks(N, block):
+        states.append(state)
+        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, log_scale)
+        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, log_scale)
+        if key_mask is not None:
+            phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
+        out, state, _ = _causal_block(phi_q, phi_k, v[:, :, s:t], state, c)
+        den[:, :, s:t] = out[..., d:] + eps
+        torch.div(out[..., :d], den[:, :, s:t], out=y[:, :, s:t])
+    return y, den, torch.stack(states), state
+
+
+def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, states, block, c, log_scale):
+    B, H, N, d = v.shape
+    g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    g_b = inv_b.new_zeros(inv_b.numel())
+    g_state = None  # gradient of the state leaving the current block (none leaves the last)
+    blocks = _blocks(N, block)
+    for i in range(len(blocks) - 1, -1, -1):
+        s, t = blocks[i]
+        T = t - s
+        phi_q, xq, nq = _block_features(q[:, :, s:t], omega_t, inv_b, True, log_scale)
+        phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, log_scale)
+        if key_mask is not None:
+            phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
+        _, _, (qc, kc, vc, scores, before, tril, pad) = _causal_block(phi_q, phi_k, v[:, :, s:t], states[i], c)
+        C = qc.shape[2]
+        g_out = _output_grad(gy[:, :, s:t], y[:, :, s:t], den[:, :, s:t])
+        if pad:
+            g_out = F.pad(g_out, (0, 0, 0, pad))
+        g_out = g_out.view(B, H, C, c, d + 1)
+        # out = scores @ vc + qc @ before
+        g_scores = (g_out @ vc.transpose(-1, -2)).mul_(tril)
+        g_qc = g_scores @ kc
+        g_qc += g_out @ before.transpose(-1, -2)
+        g_kc = g_scores.transpose(-1, -2) @ qc
+        g_vc = scores.transpose(-1, -2) @ g_out
+        # before_j = state + sum_{i<j} kv_i, state_out = state + sum_i kv_i
+        g_before = qc.transpose(-1, -2) @ g_out  # (B, H, C, m, e)
+        total = g_before.sum(2)
+        g_kv = total.unsqueeze(2) - torch.cumsum(g_before, dim=2)  # sum over j > i
+        if g_state is not None:
+            g_kv += g_state.unsqueeze(2)
+            total += g_state
+        g_state = total
+        # chunk_kv = kc^T @ vc
+        g_kc += vc @ g_kv.transpose(-1, -2)
+        g_vc += kc @ g_kv
+        g_phi_q = g_qc.view(B, H, C * c, -1)[:, :, :T]
+        g_phi_k = g_kc.view(B, H, C * c, -1)[:, :, :T]
+        g_v[:, :, s:t] = g_vc.view(B, H, C * c, d + 1)[:, :, :T, :d]
+        g_q[:, :, s:t], gb = _features_backward(g_phi_q * phi_q, xq, nq, inv_b, omega)
+        g_b += gb
+        g_k[:, :, s:t], gb = _features_backward(g_phi_k * phi_k, xk, nk, inv_b, omega)  # phi_k is masked
+        g_b += gb
+    return g_q, g_k, g_v, g_b
+
+
+class _FavorAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, omega, bandwidth, key_mask, eps, causal, chunk_size, block_size):
+        omega_t = omega.transpose(-1, -2).unsqueeze(0)  # (1, H, d, m)
+        inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
+        log_scale = 0.5 * math.log(omega.shape[-2])
+        if causal:
+            y, den, extra, _ = _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size,
+                                               chunk_size, log_scale)
+        else:
+            y, den, extra = _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size, log_scale)
+        ctx.save_for_backward(q, k, v, omega, bandwidth, y, den, extra)
+        ctx.key_mask = key_mask
+        ctx.opts = (causal, chunk_size, block_size, log_scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        q, k, v, omega, bandwidth, y, den, extra = ctx.saved_tensors
+        causal, chunk_size, block_size, log_scale = ctx.opts
+        omega_t = omega.transpose(-1, -2).unsqueeze(0)
+        omega4 = omega.unsqueeze(0)
+        inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
+        gy = gy.contiguous()
+        if causal:
+            g_q, g_k, g_v, g_b = _causal_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
+                                                  extra, block_size, chunk_size, log_scale)
+        else:
+            g_q, g_k, g_v, g_b = _bidir_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
+                                                 extra, block_size, log_scale)
+        # inv_b = 1 / b: dL/db = dL/d(inv_b) * (-1 / b^2); _features_backward returned dL/db already
+        # in terms of x^ = u / b, i.e. -sum(g x^) / b.
+        return g_q, g_k, g_v, None, g_b.to(bandwidth.dtype), None, None, None, None, None
+
+
+def favor_attention(
+    q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
+    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128, block_size: int = 2048,
+) -> Tensor:
+    """Fused FAVOR+ attention of l2-normalised, bandwidth-scaled queries and keys.
+
+    Args:
+        q, k: ``(B, H, N, d)`` queries and keys (before normalisation).
+        v: ``(B, H, N, d)`` values.
+        omega: ``(H, m, d)`` projections (a constant: receives no gradient).
+        bandwidth: ``(H,)`` positive bandwidths ``b`` (differentiable).
+        causal: prefix sums (chunked) instead of full sums.
+        key_mask: ``(B, N)`` bool, ``True`` for real keys.
+        eps: denominator guard.
+        chunk_size: tokens per chunk of the causal form.
+        block_size: tokens per block (features of one block are materialised at a
+            time; rounded up to a multiple of ``chunk_size`` when causal).
+    Returns:
+        ``(B, H, N, d)`` in the dtype of ``q`` (callers pass fp32 or fp64).
+    """
+    if chunk_size <= 0 or block_size <= 0:
+        raise ValueError(f"chunk_size and block_size must be positive, got {chunk_size}, {block_size}")
+    if q.shape[-2] == 0:
+        return v.new_zeros(v.shape)
+    if causal:
+        block_size = -(-block_size // chunk_size) * chunk_size
+    dtype = q.dtype
+    q, k, v = q.contiguous(), k.contiguous(), v.to(dtype).contiguous()
+    omega = omega.detach().to(dtype).contiguous()
+    return _FavorAttention.apply(q, k, v, omega, bandwidth.to(dtype), key_mask, eps, causal, chunk_size, block_size)
+
+
+@torch.no_grad()
+def favor_attention_with_state(
+    q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *,
+    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128, block_size: int = 2048,
+) -> tuple[Tensor, LinearAttentionState]:
+    """Causal forward only (no autograd), also returning the running sums after the last token (prefill)."""
+    block_size = -(-block_size // chunk_size) * chunk_size
+    dtype = q.dtype
+    omega = omega.to(dtype)
+    y, _, _, state = _causal_forward(q.contiguous(), k.contiguous(), v.to(dtype).contiguous(),
+                                     omega.transpose(-1, -2).unsqueeze(0), (1.0 / bandwidth.to(dtype)).view(1, -1, 1, 1),
+                                     key_mask, eps, block_size, chunk_size, 0.5 * math.log(omega.shape[-2]))
+    d = v.shape[-1]
+    return y, LinearAttentionState(state[..., :d].contiguous(), state[..., d].contiguous())
+
+
+def favor_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
+    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128,
+) -> Tensor:
+    """The unfused composition :func:`favor_attention` must equal (values and gradients)."""
+    b = bandwidth.view(1, -1, 1, 1)
+    phi_q = softmax_kernel_features(F.normalize(q, dim=-1, eps=_NORM_EPS) / b, omega, stabilize=True)
+    phi_k = softmax_kernel_features(F.normalize(k, dim=-1, eps=_NORM_EPS) / b, omega, stabilize=False)
+    if causal:
+        return causal_linear_attention(phi_q, phi_k, v, key_mask=key_mask, eps=eps, chunk_size=chunk_size)
+    return linear_attention(phi_q, phi_k, v, key_mask=key_mask, eps=eps)
