@@ -26,8 +26,8 @@ def test_torchrun_two_processes_match_one(tmp_path):
     r = subprocess.run([sys.executable, *TRAIN, "--save-params", str(one)], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", *TRAIN[2:], "--save-params", str(two)],
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        *TRAIN[1:], "--save-params", str(two)],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)

@@ -33,6 +33,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow  # ~8 interpreter starts: about 40 s on an idle 2-core machine
 def test_sweep_kill_resume_columns_and_report(tmp_path):
     out = tmp_path / "res.jsonl"
     cmd = [sys.executable, "-m", "wersa", *BENCH_ARGS, "--out", str(out), "--cache-dir", str(tmp_path / "cache")]

@@ -10,7 +10,7 @@ import torch
 import wersa
 from wersa.mixers.performer import Performer, favor_features
 from wersa.ops.feature_maps import orthogonal_random_matrix, softmax_kernel_features_reference
-from wersa.ops.linear_attention import linear_attention_reference
+from wersa.ops.linear_attention import causal_linear_attention, linear_attention, linear_attention_reference
 from wersa.ops.softmax_attention import softmax_attention_reference
 
 D, H = 16, 2
@@ -154,14 +154,14 @@ def test_causal_prefix_invariance_where_performer_pytorch_leaks():
     k2[:, :, t] *= 8.0  # one future key, scaled up
     peer = pp.FastAttention(dim_heads=d, nb_features=64, causal=True)
     leak = (peer(q, k2, v)[:, :, :t] - peer(q, k, v)[:, :, :t]).abs().max().item()
-    assert leak > 1e-2  # measured ~0.3 on this draw; its key stabiliser is a max over the whole sequence
+    assert leak > 1e-2  # measured 1.0 (0.51 relative); its key stabiliser is a max over the whole sequence
 
     m = wersa.build_mixer("performer", dim=H * d, num_heads=H, causal=True, num_features=64)
     m.projection_matrix.copy_(peer.projection_matrix)
     ours = []
     for kk in (k, k2):
         phi_q, phi_k = m.features(q * d ** -0.25, kk * d ** -0.25, None)
-        ours.append(wersa.ops.linear_attention.causal_linear_attention(phi_q, phi_k, v, chunk_size=8))
+        ours.append(causal_linear_attention(phi_q, phi_k, v, chunk_size=8))
     assert (ours[1][:, :, :t] - ours[0][:, :, :t]).abs().max().item() == 0.0
 
     # and through the whole mixer: perturb every input at >= t
@@ -243,8 +243,8 @@ def test_padding_leak_of_performer_pytorch_and_not_ours():
     with torch.no_grad():
         peer_leak = (peer(x, mask=mask)[:, :n] - peer(x2, mask=mask)[:, :n]).abs().max().item()
         our_leak = (ours(x, attention_mask=mask)[:, :n] - ours(x2, attention_mask=mask)[:, :n]).abs().max().item()
-    assert peer_leak > 1e-2
-    assert our_leak < 1e-6
+    assert peer_leak > 1e-2  # measured 0.22 with |y| <= 0.25: only its values are masked
+    assert our_leak < 1e-6  # measured 0.0
 
 
 # ------------------------------------------------------------ peer parity
@@ -269,7 +269,7 @@ def test_parity_with_performer_pytorch_bidirectional():
 
     def ours(q, k):
         phi_q, phi_k = m.features(q * d ** -0.25, k * d ** -0.25, None)
-        return wersa.ops.linear_attention.linear_attention(phi_q, phi_k, v, eps=m.eps)
+        return linear_attention(phi_q, phi_k, v, eps=m.eps)
 
     ref0 = pp.linear_attention(pp.softmax_kernel(q, projection_matrix=P, is_query=True, eps=0.0),
                                pp.softmax_kernel(k, projection_matrix=P, is_query=False, eps=0.0), v)

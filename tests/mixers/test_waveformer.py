@@ -165,7 +165,7 @@ def test_seeded_features():
 
 
 @pytest.mark.parametrize("opts", [
-    {"levels": -1}, {"levels": 1.5}, {"num_features": 0}, {"kernel": "exp"}, {"redraw_interval": 0},
+    {"levels": -1}, {"levels": 1.5}, {"levels": 17}, {"num_features": 0}, {"kernel": "exp"}, {"redraw_interval": 0},
 ])
 def test_bad_options_raise(opts):
     with pytest.raises(ValueError, match="waveformer"):

@@ -61,6 +61,16 @@ def test_cached_logits_equal_full_forward(name):
 
 @pytest.mark.parametrize("name", CAUSAL)
 @torch.no_grad()
+def test_future_tokens_do_not_change_past_logits(name):
+    lm = make_lm(name)
+    ids = torch.randint(0, VOCAB, (2, 20))
+    changed = ids.clone()
+    changed[:, 12:] = torch.randint(0, VOCAB, (2, 8))
+    torch.testing.assert_close(lm(changed).logits[:, :12], lm(ids).logits[:, :12], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+@torch.no_grad()
 def test_greedy_generate_equals_argmax_of_full_forward(name):
     lm = make_lm(name)
     prompt = torch.randint(1, VOCAB, (2, 7))

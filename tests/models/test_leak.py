@@ -43,6 +43,7 @@ def _config(mixer: str, **options) -> WersaConfig:
                        num_attention_heads=2, max_position_embeddings=N)
 
 
+@pytest.mark.slow  # minutes on 2 CPU cores; test_causal_lm checks causality by perturbation in the fast suite
 def test_wersa_lm_cannot_beat_uniform_on_random_tokens():
     if "wersa" not in wersa.list_mixers():
         pytest.skip("the 'wersa' mixer is not registered in this build")

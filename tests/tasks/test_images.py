@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 import struct
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from wersa.tasks import build_task
-from wersa.tasks.images import read_idx
+from wersa.tasks.images import FASHION_MNIST_DIR as FASHION_MNIST_DIR_REAL, read_idx
 
 
 def _write_idx(path, array):
@@ -79,3 +80,26 @@ def test_hf_images_from_local_parquet(tmp_path, monkeypatch):
     assert task.info.max_length == 36
     assert len(task.split("train")) == 8 and len(task.split("validation")) == 2
     assert torch.equal(task.split("test")[1]["input_ids"], torch.from_numpy(expected[1].reshape(-1).astype(np.int64)) + 1)
+
+
+def test_fashion_mnist_default_folder_is_the_debian_package():
+    from wersa.tasks.images import FASHION_MNIST_DIR
+
+    assert build_task("fashion_mnist").data_dir == Path(FASHION_MNIST_DIR)
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR_REAL, "t10k-labels-idx1-ubyte.gz").exists(),
+                    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+def test_fashion_mnist_real_files_end_to_end():
+    task = build_task("fashion_mnist")  # default folder: /usr/share/datasets/fashion-mnist
+    test = task.split("test")
+    assert len(test) == 10_000 and task.info.max_length == 784
+    assert test.labels.bincount().tolist() == [1000] * 10  # the test set is balanced
+    batch = next(iter(task.loader("test", batch_size=4)))
+    assert batch["input_ids"].shape == (4, 784) and int(batch["input_ids"].min()) >= 1
+
+
+@pytest.mark.slow
+def test_fashion_mnist_real_train_split():
+    task = build_task("fashion_mnist")
+    assert len(task.split("train")) + len(task.split("validation")) == 60_000

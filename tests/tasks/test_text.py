@@ -99,3 +99,36 @@ def test_bytes_lm_from_a_local_text_dataset(tmp_path, monkeypatch):
     (tmp_path / "wiki.txt").write_text("\n".join(f"line number {i} of the corpus" for i in range(400)))
     task = build_task("bytes_lm", hf_path="text", data_files={"train": str(tmp_path / "wiki.txt")}, seq_len=64)
     assert len(task.split("train")) > 100
+
+
+def test_stdlib_families_long_keeps_only_long_files(tmp_path):
+    for pkg in ("alpha", "beta"):
+        (tmp_path / pkg).mkdir()
+        for i in range(6):
+            size = 3000 if i % 2 else 100  # half the files are long
+            (tmp_path / pkg / f"m{i}.py").write_text(f"# {pkg} {i}\n" + "x" * size)
+    task = build_task("stdlib_families_long", root=tmp_path, min_bytes=2000, max_length=2048, min_documents=3,
+                      split_fractions=(0.34, 0.33, 0.33))
+    lengths = [int(n) for s in ("train", "validation", "test") for n in task.split(s).lengths()]
+    assert len(lengths) == 6 and all(n == 2048 for n in lengths)  # only the 3000-byte files, truncated
+    docs = [set(task.split_documents(s)) for s in ("train", "validation", "test")]
+    assert not (docs[0] & docs[1]) and not (docs[0] & docs[2]) and len(set.union(*docs)) == 6
+
+
+def test_stdlib_families_long_on_the_real_standard_library():
+    task = build_task("stdlib_families_long")
+    assert task.info.max_length == 16384 and task.info.num_classes >= 5
+    assert all(p.stat().st_size >= 16384 for p, _ in task.documents)
+
+
+def test_byte_level_tasks_expose_bytes_per_token_for_bits_per_byte(tmp_path):
+    """Bits per byte = LM loss / ln 2 / bytes_per_token: every byte-level task says 1 byte per token."""
+    (tmp_path / "a.txt").write_text("héllo wörld\n" * 50)
+    lm = build_task("bytes_lm", paths=[tmp_path], glob="*.txt", seq_len=16, split_fractions=(1.0, 0.0, 0.0))
+    assert lm.info.bytes_per_token == 1.0 and lm.info.vocab_size == 257
+    ds = lm.split("train")
+    # every byte of the text is one token, so the token count is the UTF-8 byte count (+ a newline per file)
+    assert ds.tokens.numel() == (len(("héllo wörld\n" * 50).encode()) + 1) // 16 * 16
+    assert decode_bytes(ds.tokens.tolist()).startswith("héllo wörld")
+    assert build_task("listops", num_train=1).info.bytes_per_token is None
+    assert build_task("mqar", num_train=1, num_validation=1, num_test=1).info.bytes_per_token is None

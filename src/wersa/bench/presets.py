@@ -24,7 +24,8 @@ def _quick() -> Sweep:
     tasks = [
         TaskEntry("listops", 256, {"num_train": 1024, "num_validation": 64, "num_test": 256,
                                    "min_length": 64, "max_length": 256, "max_depth": 4}, label="ListOps-256"),
-        TaskEntry("pathfinder", 256, {"image_size": 16, "num_train": 1024, "num_validation": 64, "num_test": 256},
+        TaskEntry("pathfinder", 256, {"image_size": 16, "num_distractors": 1, "num_train": 1024, "num_validation": 64,
+                                       "num_test": 256},
                   label="Pathfinder-16px"),
     ]
     return Sweep(mixers=["softmax", "sdpa", "fnet", "performer", "wersa"], tasks=tasks, seeds=[0], recipe=recipe,

@@ -103,6 +103,8 @@ def prepare_task(entry: TaskEntry, recipe: dict[str, Any], cache_dir: str | None
         return str(exc)
     except (FileNotFoundError, ModuleNotFoundError, ImportError) as exc:
         return f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a task that cannot build must not end the sweep
+        return f"data preparation failed: {type(exc).__name__}: {exc}"
     return None
 
 

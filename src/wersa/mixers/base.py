@@ -277,7 +277,8 @@ class Mixer(nn.Module):
         if isinstance(new, dict):
             return {key: self._select_state(keep, new[key], old[key]) for key in new}
         if isinstance(new, (tuple, list)):
-            return type(new)(self._select_state(keep, a, b) for a, b in zip(new, old))
+            items = [self._select_state(keep, a, b) for a, b in zip(new, old)]
+            return type(new)(*items) if hasattr(new, "_fields") else type(new)(items)
         return new
 
     def extra_repr(self) -> str:

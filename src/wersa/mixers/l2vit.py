@@ -59,8 +59,6 @@ Cost: attention ``O(N H d^2)``; LCM ``O(N D k)`` (``O(N D k^2)`` in 2-D).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -51,6 +51,8 @@ Feature redraw: ``redraw_interval=k`` draws a fresh projection (seed
 ``feature_seed`` and the number of earlier draws, so it is reproducible) every
 ``k`` forward calls *in training mode only*; evaluation never redraws.
 Redrawing changes the function; do not redraw between ``prefill`` and ``step``.
+After ``module.to(torch.bfloat16)`` the projection buffer is stored rounded to
+bfloat16 (still a valid random draw); features and sums are computed in float32.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ matrix of size ``N_p x N_p``, ``N_p`` = ``N`` rounded up to a multiple of ``2^L`
     Y  = (W^T Y^)[:N]                               inverse transform, crop
     out = Y W_o
 
-Defaults: ``levels=3``, ``num_features=256`` positive orthogonal random features
+Defaults: ``levels=3`` (``0 <= L <= 16``), ``num_features=256`` positive orthogonal random features
 (the softmax kernel of :mod:`wersa.mixers.performer`, same stabilisers),
 projection drawn from a generator seeded by ``feature_seed``.
 
@@ -104,8 +104,9 @@ class Waveformer(RandomFeatureMixin, Mixer):
         super().__init__(dim, num_heads, causal)
         name = self.capabilities.name
         _check_common(name, num_features, feature_seed, redraw_interval, eps)
-        if not isinstance(levels, int) or isinstance(levels, bool) or not 0 <= levels <= 30:
-            raise ValueError(f"{name}: levels must be an integer in [0, 30], got {levels!r}")
+        # Sequences are zero-padded to a multiple of 2^levels, so a huge L only wastes work.
+        if not isinstance(levels, int) or isinstance(levels, bool) or not 0 <= levels <= 16:
+            raise ValueError(f"{name}: levels must be an integer in [0, 16], got {levels!r}")
         if kernel not in KERNELS:
             raise ValueError(f"{name}: kernel must be one of {KERNELS}, got {kernel!r}")
         self.levels = levels

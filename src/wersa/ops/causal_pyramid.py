@@ -93,3 +93,69 @@ def causal_haar_pyramid_step(x_t: Tensor, history: Tensor, gains_t: Tensor, leve
         prev = cur
     y = y + g[..., 0] * prev
     return y, window[..., 1:, :]
+
+
+def _advance(x: Tensor, s: int) -> Tensor:
+    """Adjoint of :func:`_shift`: ``x`` advanced by ``s`` positions, zeros entering at the end."""
+    n = x.shape[-2]
+    if s >= n:
+        return torch.zeros_like(x)
+    return F.pad(x, (0, 0, 0, s))[..., s:, :]
+
+
+class _CausalPyramidLean(torch.autograd.Function):
+    """:func:`causal_haar_pyramid` that saves only its inputs.
+
+    Autograd through the pyramid keeps one ``x``-sized band per level. Here the
+    means are recomputed in the backward pass. Writing the output as
+    ``y = sum_l c_l * A_l`` with ``c_0 = g_1``, ``c_l = g_{l+1} - g_l`` and
+    ``c_L = g_0 - g_L`` (``c_0 = g_0`` when ``L = 0``), and
+    ``A_l = M_l A_{l-1}`` with ``M_l = (I + delay_{2^{l-1}}) / 2``, the input
+    gradient is a Horner scheme with the adjoint (advance) of each delay::
+
+        r = c_L dy;  for l = L..1:  r = M_l^T r + c_{l-1} dy;   dL/dx = r
+    """
+
+    @staticmethod
+    def forward(ctx, x, gains, levels):
+        ctx.levels = levels
+        ctx.save_for_backward(x, gains)
+        return causal_haar_pyramid(x, gains, levels)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, gains = ctx.saved_tensors
+        L = ctx.levels
+        g = [_gain(gains, band, x) for band in range(L + 1)]
+        g_x = g_gains = None
+        if ctx.needs_input_grad[0]:
+            if L == 0:
+                coef = [g[0]]
+            else:
+                coef = [g[1]] + [g[l + 1] - g[l] for l in range(1, L)] + [g[0] - g[L]]
+            r = coef[L] * gy
+            for level in range(L, 0, -1):
+                r = 0.5 * (r + _advance(r, 2 ** (level - 1))) + coef[level - 1] * gy
+            g_x = r
+        if ctx.needs_input_grad[1]:
+            shared = tuple(range(1, x.dim() - 2)) + (x.dim() - 1,)
+            cols = []
+            prev = x
+            details = []
+            for level in range(1, L + 1):
+                cur = 0.5 * (prev + _shift(prev, 2 ** (level - 1)))
+                details.append((gy * (prev - cur)).sum(dim=shared))
+                prev = cur
+            cols = [(gy * prev).sum(dim=shared)] + details
+            g_gains = torch.stack(cols, dim=-1).to(gains.dtype)
+        return g_x, g_gains, None
+
+
+def causal_haar_pyramid_lean(x: Tensor, gains: Tensor, levels: int) -> Tensor:
+    """:func:`causal_haar_pyramid` with a backward pass that recomputes the means (same values and gradients).
+
+    Saves ``x`` and the gains only, instead of one ``x``-sized band per level.
+    """
+    if gains.shape[-1] != levels + 1:
+        raise ValueError(f"gains must have {levels + 1} bands in the last axis, got {gains.shape[-1]}")
+    return _CausalPyramidLean.apply(x, gains, levels)

@@ -152,3 +152,44 @@ def haar_filter_reference(x: Tensor, gains: list[Tensor], levels: int) -> Tensor
         M = W.T @ torch.diag(g) @ W
         out.append(torch.einsum("st,...td->...sd", M, xp[b]))
     return torch.stack(out)[..., :n, :]
+
+
+class _HaarFilterLean(torch.autograd.Function):
+    """:func:`haar_filter` that saves only its inputs.
+
+    Autograd through :func:`haar_filter` keeps every band's coefficients (one
+    ``x``-sized tensor) for the gains' gradient. Here they are recomputed:
+
+    * ``dL/dx = haar_filter(dL/dy, gains)``: the filter ``crop W^T diag(g) W pad`` is
+      self-adjoint (``W`` orthonormal, ``crop`` the adjoint of ``pad``);
+    * ``dL/dg_band = sum(dwt(x)_band * dwt(dL/dy)_band)`` over the shared axes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, levels, *gains):
+        ctx.levels = levels
+        ctx.save_for_backward(x, *gains)
+        return haar_filter(x, list(gains), levels)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, *gains = ctx.saved_tensors
+        levels = ctx.levels
+        g_x = haar_filter(gy, gains, levels) if ctx.needs_input_grad[0] else None
+        g_gains = [None] * len(gains)
+        if any(ctx.needs_input_grad[2:]):
+            shared = tuple(range(1, x.dim() - 2)) + (x.dim() - 1,)
+            for i, (cx, cy) in enumerate(zip(haar_dwt(x, levels), haar_dwt(gy, levels))):
+                g_gains[i] = (cx * cy).sum(dim=shared).to(gains[i].dtype)
+        return (g_x, None, *g_gains)
+
+
+def haar_filter_lean(x: Tensor, gains: list[Tensor], levels: int) -> Tensor:
+    """:func:`haar_filter` with a backward pass that recomputes the coefficients (same values and gradients).
+
+    Saves ``x`` and the gains only, instead of ``L + 1`` bands of coefficients.
+    """
+    if len(gains) != levels + 1:
+        raise ValueError(f"expected {levels + 1} gain tensors (one per band), got {len(gains)}")
+    _check_levels(levels)
+    return _HaarFilterLean.apply(x, levels, *gains)

@@ -189,7 +189,11 @@ def _load_hf(path: str, name: str | None, data_files: Any, split: str, task: str
     except FileNotFoundError:
         raise
     except Exception as exc:  # datasets wraps parser errors in its own exception types
-        where = ", ".join(_local_files(data_files)) or repr(path)
+        files = data_files.get(split, data_files) if isinstance(data_files, dict) else data_files
+        where = ", ".join(_local_files(files)) or repr(path)
+        if "corresponds to no data" in str(exc):
+            raise ValueError(f"{task}: the {split} split is empty (no rows in {where}); fill the file or "
+                             f"leave the split out of data_files") from exc
         raise ValueError(
             f"{task}: could not read the {split!r} split of {where} with datasets.load_dataset({path!r}): "
             f"{type(exc).__name__}: {exc}. Check that the file is valid {path} (one JSON object per line "
@@ -243,6 +247,7 @@ class HFTextClassificationTask(Task):
         self.hf_name, self.data_files = name, data_files
         self.text_field, self.label_field = text_field, label_field
         self.max_length, self.validation_fraction = max_length, float(validation_fraction)
+        _check_local_files(self.name, data_files)  # a wrong path fails here, not at the first batch
         self.source_splits = _available_splits(self.path, name, data_files)
         if "train" not in self.source_splits:
             raise ValueError(f"{self.name}: {self.path!r} has no train split (found {self.source_splits})")
