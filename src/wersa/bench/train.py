@@ -233,7 +233,9 @@ def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, device: torch.devic
         loss = total_nll / max(1, total_tok)
         out.update(eval_loss=loss, bits_per_token=loss / math.log(2), eval_tokens=total_tok)
         # Byte-level tasks have one token per byte, so bits per token is bits per byte.
-        out["bpb"] = out["bits_per_token"]
+        bpt = getattr(info, "bytes_per_token", None)
+        if bpt:  # byte-level text: one token is one byte; elsewhere (e.g. MQAR) bpb is undefined
+            out["bpb"] = out["bits_per_token"] / bpt
     else:
         all_probs, all_labels = [], []
         total_loss = 0.0

@@ -45,9 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_step
+from ..ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_lean, causal_haar_pyramid_step
+from ..ops.favor_attention import favor_attention, favor_attention_with_state
 from ..ops.feature_maps import gaussian_random_matrix, orthogonal_random_matrix, relu_features, softmax_kernel_features
-from ..ops.haar import block_mean, haar_dwt, haar_filter, haar_idwt, padded_length
+from ..ops.haar import block_mean, haar_dwt, haar_filter, haar_filter_lean, haar_idwt, padded_length
 from ..ops.linear_attention import (
     LinearAttentionState,
     causal_linear_attention,
@@ -86,6 +87,12 @@ class WERSA(Mixer):
         feature_seed: seed of the random matrices (reproducible, saved with the model).
         dropout: dropout inside the gate MLP.
         eps: denominator guard of the linear attention.
+        fused: compute the wavelet filter and the softmax-feature attention with
+            memory-lean autograd nodes that recompute intermediates (features,
+            Haar coefficients, pyramid means) in the backward pass instead of
+            storing them (:mod:`wersa.ops.favor_attention`). Same values and
+            gradients; ``False`` selects the plain autograd composition.
+        block_size: tokens whose features the fused path materialises at a time.
     """
 
     capabilities = Capabilities(
@@ -106,7 +113,7 @@ class WERSA(Mixer):
         levels: int = 2, num_features: int = 256, feature_map: str = "softmax",
         kernel_size: int = 33, gate_hidden: int | None = None, chunk_size: int = 128,
         bandwidth: float = 1.0, redraw_interval: int | None = None, feature_seed: int = 0,
-        dropout: float = 0.0, eps: float = 1e-6,
+        dropout: float = 0.0, eps: float = 1e-6, fused: bool = True, block_size: int = 2048,
     ):
         super().__init__(dim, num_heads, causal)
         if not isinstance(levels, int) or levels < 0:
@@ -119,6 +126,8 @@ class WERSA(Mixer):
             raise ValueError(f"wersa: kernel_size must be a positive integer, got {kernel_size!r}")
         if not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"wersa: chunk_size must be a positive integer, got {chunk_size!r}")
+        if not isinstance(block_size, int) or block_size <= 0:
+            raise ValueError(f"wersa: block_size must be a positive integer, got {block_size!r}")
         if not bandwidth > 0:
             raise ValueError(f"wersa: bandwidth must be positive, got {bandwidth!r}")
         if redraw_interval is not None and (not isinstance(redraw_interval, int) or redraw_interval <= 0):
@@ -144,6 +153,8 @@ class WERSA(Mixer):
         self.redraw_interval = redraw_interval
         self.feature_seed = feature_seed
         self.eps = eps
+        self.fused = bool(fused)
+        self.block_size = block_size
         d = self.head_dim
 
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -231,12 +242,14 @@ class WERSA(Mixer):
             return q, k, v
         gains = self._gates(x)  # (B, N, L+1)
         if self.causal:
-            q = causal_haar_pyramid(q, gains, self.levels)
-            k = causal_haar_pyramid(k, gains, self.levels)
+            pyramid = causal_haar_pyramid_lean if self.fused else causal_haar_pyramid
+            q = pyramid(q, gains, self.levels)
+            k = pyramid(k, gains, self.levels)
         else:
             band_gains = self._band_gains(gains, mask)
-            q = haar_filter(q, band_gains, self.levels)
-            k = haar_filter(k, band_gains, self.levels)
+            filt = haar_filter_lean if self.fused else haar_filter
+            q = filt(q, band_gains, self.levels)
+            k = filt(k, band_gains, self.levels)
         return q, k, v
 
     def _band_gains(self, gains: Tensor, mask: Tensor | None) -> list[Tensor]:
@@ -271,6 +284,12 @@ class WERSA(Mixer):
             b = self.bandwidth.view(1, -1, 1, 1).to(q.dtype)
             qn, kn = F.normalize(q, dim=-1, eps=1e-6) / b, F.normalize(k, dim=-1, eps=1e-6) / b
             return softmax_attention_reference(qn, kn, v, causal=self.causal, key_mask=mask, scale=1.0)
+        if self._use_fused_core():
+            work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+            y = favor_attention(q.to(work), k.to(work), v.to(work), self.omega, self.bandwidth.to(work),
+                                causal=self.causal, key_mask=mask, eps=self.eps, chunk_size=self.chunk_size,
+                                block_size=self.block_size)
+            return y.to(x.dtype)
         phi_q, phi_k = self._features(q, True), self._features(k, False)
         vv = v.to(phi_q.dtype)
         if self.causal:
@@ -278,6 +297,10 @@ class WERSA(Mixer):
         else:
             y = linear_attention(phi_q, phi_k, vv, key_mask=mask, eps=self.eps)
         return y.to(x.dtype)
+
+    def _use_fused_core(self) -> bool:
+        # The fused node treats Omega as a constant; a trainable Omega takes the plain path.
+        return self.fused and self.feature_map == "softmax" and not self.omega.requires_grad
 
     def _forward_published(self, x: Tensor) -> Tensor:
         """The published bidirectional computation (WERSA.md section 2), same weights."""
@@ -349,9 +372,15 @@ class WERSA(Mixer):
             return x * 0.0, state
         xm = x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
         q, k, v = self._filtered_qkv(x, mask)
-        phi_q, phi_k = self._features(q, True), self._features(k, False)
-        y, la = causal_linear_attention(phi_q, phi_k, v.to(phi_q.dtype), key_mask=mask, eps=self.eps,
-                                        chunk_size=self.chunk_size, return_state=True)
+        if self._use_fused_core() and not torch.is_grad_enabled():
+            work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+            y, la = favor_attention_with_state(q.to(work), k.to(work), v.to(work), self.omega,
+                                               self.bandwidth.to(work), key_mask=mask, eps=self.eps,
+                                               chunk_size=self.chunk_size, block_size=self.block_size)
+        else:
+            phi_q, phi_k = self._features(q, True), self._features(k, False)
+            y, la = causal_linear_attention(phi_q, phi_k, v.to(phi_q.dtype), key_mask=mask, eps=self.eps,
+                                            chunk_size=self.chunk_size, return_state=True)
         y = self._merge_heads(y.to(x.dtype))
         if mask is not None:
             y = y * mask.unsqueeze(-1).to(y.dtype)
@@ -373,4 +402,4 @@ class WERSA(Mixer):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, levels={self.levels}, num_features={self.num_features}, "
-                f"feature_map={self.feature_map!r}, kernel_size={self.kernel_size}")
+                f"feature_map={self.feature_map!r}, kernel_size={self.kernel_size}, fused={self.fused}")

@@ -250,7 +250,6 @@ class _FavorAttention(torch.autograd.Function):
         omega_t = omega.transpose(-1, -2).unsqueeze(0)
         omega4 = omega.unsqueeze(0)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
-        gy = gy.contiguous()
         if causal:
             g_q, g_k, g_v, g_b = _causal_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
                                                   extra, block_size, chunk_size, log_scale)
@@ -289,7 +288,9 @@ def favor_attention(
     if causal:
         block_size = -(-block_size // chunk_size) * chunk_size
     dtype = q.dtype
-    q, k, v = q.contiguous(), k.contiguous(), v.to(dtype).contiguous()
+    # No .contiguous(): blocks are sliced from strided views (e.g. heads of a fused
+    # qkv projection) without copying the whole sequence.
+    k, v = k.to(dtype), v.to(dtype)
     omega = omega.detach().to(dtype).contiguous()
     return _FavorAttention.apply(q, k, v, omega, bandwidth.to(dtype), key_mask, eps, causal, chunk_size, block_size)
 
@@ -303,7 +304,7 @@ def favor_attention_with_state(
     block_size = -(-block_size // chunk_size) * chunk_size
     dtype = q.dtype
     omega = omega.to(dtype)
-    y, _, _, state = _causal_forward(q.contiguous(), k.contiguous(), v.to(dtype).contiguous(),
+    y, _, _, state = _causal_forward(q, k.to(dtype), v.to(dtype),
                                      omega.transpose(-1, -2).unsqueeze(0), (1.0 / bandwidth.to(dtype)).view(1, -1, 1, 1),
                                      key_mask, eps, block_size, chunk_size, 0.5 * math.log(omega.shape[-2]))
     d = v.shape[-1]

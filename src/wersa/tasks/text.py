@@ -107,8 +107,10 @@ class StdlibFamiliesTask(Task):
         by_family: dict[str, list[Path]] = {}
         for path in stdlib_files(self.root):
             rel = path.relative_to(self.root)
-            # Top-level modules belong to no package; short files are left out on request.
-            if len(rel.parts) > 1 and (min_bytes == 0 or path.stat().st_size >= min_bytes):
+            # Top-level modules belong to no package; empty files (bare __init__.py) are
+            # identical across packages and carry no label, so they are left out; short
+            # files are left out on request.
+            if len(rel.parts) > 1 and path.stat().st_size >= max(1, min_bytes):
                 by_family.setdefault(rel.parts[0], []).append(path)
         self.families = tuple(sorted(f for f, files in by_family.items() if len(files) >= min_documents))
         if len(self.families) < 2:
@@ -123,7 +125,7 @@ class StdlibFamiliesTask(Task):
 
     def config(self) -> dict[str, Any]:
         cfg = {"max_length": self.max_length, "min_documents": self.min_documents,
-               "fractions": self.fractions, "root": str(self.root)}
+               "fractions": self.fractions, "root": str(self.root), "skip_empty": True}
         if self.min_bytes:  # only when set, so existing cache keys stay valid
             cfg["min_bytes"] = self.min_bytes
         return cfg
