@@ -154,7 +154,8 @@ def _causal_block(phi_q, phi_k, v, state, c):
     tril = torch.ones(c, c, dtype=torch.bool, device=phi_q.device).tril().to(phi_q.dtype)
     scores = (qc @ kc.transpose(-1, -2)).mul_(tril)  # (B, H, C, c, c)
     chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, C, m, e)
-    before = torch.cumsum(chunk_kv, dim=2).sub_(chunk_kv).add_(state.unsqueeze(2))  # exclusive prefix
+    # Exclusive prefix over chunks (shifted inclusive sums, not "cumsum - self": no cancellation).
+    before = torch.cat([state.unsqueeze(2), torch.cumsum(chunk_kv[:, :, :-1], dim=2).add_(state.unsqueeze(2))], dim=2)
     out = scores @ vc
     out += qc @ before
     new_state = before[:, :, -1] + chunk_kv[:, :, -1]
@@ -208,11 +209,15 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
         g_vc = scores.transpose(-1, -2) @ g_out
         # before_j = state + sum_{i<j} kv_i, state_out = state + sum_i kv_i
         g_before = qc.transpose(-1, -2) @ g_out  # (B, H, C, m, e)
-        total = g_before.sum(2)
-        g_kv = total.unsqueeze(2) - torch.cumsum(g_before, dim=2)  # sum over j > i
+        # g_kv_i = sum_{j > i} g_before_j (+ g_state): an exclusive suffix sum, computed without
+        # "total - cumsum" cancellation (a query row with no real key divides by eps, so one
+        # chunk's g_before may exceed the others by 1/eps).
+        suffix = torch.flip(torch.cumsum(torch.flip(g_before[:, :, 1:], dims=(2,)), dim=2), dims=(2,))
+        g_kv = torch.cat([suffix, torch.zeros_like(g_before[:, :, :1])], dim=2)
+        total = g_before[:, :, 0] + (suffix[:, :, 0] if C > 1 else 0)
         if g_state is not None:
             g_kv += g_state.unsqueeze(2)
-            total += g_state
+            total = total + g_state
         g_state = total
         # chunk_kv = kc^T @ vc
         g_kc += vc @ g_kv.transpose(-1, -2)

@@ -1,0 +1,194 @@
+"""The fused FAVOR+ core and the lean wavelet filters equal their plain autograd forms (float64).
+
+* values and gradients (q, k, v, bandwidth) of :func:`favor_attention` equal
+  :func:`favor_attention_reference`, bidirectional and causal, with padding, with
+  blocks and chunks that do not divide the length;
+* ``gradcheck`` of the fused node and of the lean Haar filter / causal pyramid;
+* the prefill form returns the same running sums as the chunked reference;
+* the WERSA mixer gives the same outputs and parameter gradients with
+  ``fused=True`` and ``fused=False``;
+* memory: the fused node saves no ``(N, m)`` tensor (counted with saved-tensor hooks).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import wersa
+from wersa.ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_lean
+from wersa.ops.favor_attention import favor_attention, favor_attention_reference, favor_attention_with_state
+from wersa.ops.feature_maps import orthogonal_random_matrix, softmax_kernel_features
+from wersa.ops.haar import haar_filter, haar_filter_lean, padded_length
+from wersa.ops.linear_attention import causal_linear_attention
+
+F64 = torch.float64
+
+
+def inputs(n, b=2, h=3, d=5, m=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, d, generator=g, dtype=F64).requires_grad_(True) for _ in range(3))
+    omega = torch.stack([orthogonal_random_matrix(m, d, generator=g, dtype=F64) for _ in range(h)])
+    bw = (torch.rand(h, generator=g, dtype=F64) + 0.6).requires_grad_(True)
+    return q, k, v, omega, bw
+
+
+def padding_mask(b, n):
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, n - 5:] = False  # right padding
+    mask[-1, :3] = False  # left padding
+    return mask
+
+
+def assert_close_with_grads(a, r, params):
+    assert torch.allclose(a, r, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(a)
+    for x, y in zip(torch.autograd.grad(a, params, g, retain_graph=True), torch.autograd.grad(r, params, g)):
+        # rows whose keys are all padding divide by eps: compare relative to the largest entry
+        assert torch.allclose(x, y, rtol=1e-9, atol=1e-12 * max(1.0, y.abs().max().item()))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("n, chunk, block", [(37, 4, 10), (5, 8, 2048), (64, 16, 32), (1, 3, 3)])
+def test_fused_equals_reference(causal, masked, n, chunk, block):
+    q, k, v, omega, bw = inputs(n)
+    mask = padding_mask(2, n) if masked and n > 8 else None
+    a = favor_attention(q, k, v, omega, bw, causal=causal, key_mask=mask, chunk_size=chunk, block_size=block)
+    r = favor_attention_reference(q, k, v, omega, bw, causal=causal, key_mask=mask, chunk_size=chunk)
+    assert_close_with_grads(a, r, (q, k, v, bw))
+
+
+def test_reference_is_the_plain_feature_composition():
+    q, k, v, omega, bw = inputs(9)
+    b = bw.view(1, -1, 1, 1)
+    phi_q = softmax_kernel_features(torch.nn.functional.normalize(q, dim=-1) / b, omega, stabilize=True)
+    phi_k = softmax_kernel_features(torch.nn.functional.normalize(k, dim=-1) / b, omega)
+    A = phi_q @ phi_k.transpose(-1, -2)
+    expected = (A @ v) / (A.sum(-1, keepdim=True) + 1e-6)
+    assert torch.allclose(favor_attention(q, k, v, omega, bw, causal=False), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradcheck(causal):
+    q, k, v, omega, bw = inputs(11, b=1, h=2, d=3, m=4)
+    mask = torch.ones(1, 11, dtype=torch.bool)
+    mask[0, 9:] = False
+    assert gradcheck(lambda *t: favor_attention(*t[:3], omega, t[3], causal=causal, key_mask=mask,
+                                                chunk_size=3, block_size=6), (q, k, v, bw))
+
+
+def test_zero_vectors_follow_the_normalize_clamp():
+    q, k, v, omega, bw = inputs(10)
+    with torch.no_grad():
+        q[:, :, 2] = 0.0
+        k[:, :, 4] = 0.0
+    for causal in (False, True):
+        a = favor_attention(q, k, v, omega, bw, causal=causal, chunk_size=4, block_size=4)
+        r = favor_attention_reference(q, k, v, omega, bw, causal=causal, chunk_size=4)
+        assert_close_with_grads(a, r, (q, k, v, bw))
+
+
+def test_prefill_state_equals_chunked_reference():
+    q, k, v, omega, bw = inputs(23)
+    mask = padding_mask(2, 23)
+    y, state = favor_attention_with_state(q, k, v, omega, bw, key_mask=mask, chunk_size=4, block_size=8)
+    b = bw.view(1, -1, 1, 1)
+    phi_q = softmax_kernel_features(torch.nn.functional.normalize(q, dim=-1, eps=1e-6) / b, omega, stabilize=True)
+    phi_k = softmax_kernel_features(torch.nn.functional.normalize(k, dim=-1, eps=1e-6) / b, omega)
+    y_ref, s_ref = causal_linear_attention(phi_q, phi_k, v, key_mask=mask, chunk_size=4, return_state=True)
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    assert torch.allclose(state.S, s_ref.S, atol=1e-12) and torch.allclose(state.z, s_ref.z, atol=1e-12)
+
+
+def test_empty_sequence():
+    q, k, v, omega, bw = inputs(0)
+    assert favor_attention(q, k, v, omega, bw, causal=True).shape == (2, 3, 0, 5)
+
+
+def test_fused_node_saves_no_feature_sized_tensor():
+    """Saved-for-backward bytes: the fused node keeps O(N d) (+ per-block states), the plain path O(N m)."""
+    n, m, d = 512, 64, 8
+
+    def saved_bytes(fn):
+        total = []
+
+        def pack(t):
+            total.append(t.numel() * t.element_size())
+            return t
+
+        q, k, v, omega, bw = inputs(n, b=1, h=2, d=d, m=m)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(q, k, v, omega, bw)
+        return sum(total)
+
+    for causal in (False, True):
+        fused = saved_bytes(lambda *t: favor_attention(*t, causal=causal, block_size=128))
+        plain = saved_bytes(lambda *t: favor_attention_reference(*t, causal=causal))
+        feature_tensor = 2 * n * m * 8  # one (B=1, H=2, N, m) float64 tensor
+        assert fused < feature_tensor, (fused, feature_tensor)
+        assert plain > 2 * feature_tensor
+
+
+# ------------------------------------------------------------------ lean wavelet filters
+@pytest.mark.parametrize("levels", [0, 1, 2, 3])
+def test_lean_haar_filter(levels):
+    g = torch.Generator().manual_seed(levels)
+    n = 13
+    x = torch.randn(2, 3, n, 4, generator=g, dtype=F64, requires_grad=True)
+    n_pad = padded_length(n, levels)
+    sizes = [n_pad >> levels] + [n_pad >> lv for lv in range(levels, 0, -1)]
+    gains = [torch.rand(2, s, generator=g, dtype=F64, requires_grad=True) for s in sizes]
+    assert gradcheck(lambda x, *gs: haar_filter_lean(x, list(gs), levels), (x, *gains))
+    a, r = haar_filter_lean(x, gains, levels), haar_filter(x, gains, levels)
+    assert_close_with_grads(a, r, (x, *gains))
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2, 3])
+def test_lean_causal_pyramid(levels):
+    g = torch.Generator().manual_seed(levels)
+    x = torch.randn(2, 3, 13, 4, generator=g, dtype=F64, requires_grad=True)
+    gains = torch.rand(2, 13, levels + 1, generator=g, dtype=F64, requires_grad=True)
+    assert gradcheck(lambda x, gs: causal_haar_pyramid_lean(x, gs, levels), (x, gains))
+    assert_close_with_grads(causal_haar_pyramid_lean(x, gains, levels), causal_haar_pyramid(x, gains, levels),
+                            (x, gains))
+
+
+# ------------------------------------------------------------------------ the mixer
+@pytest.mark.parametrize("causal", [False, True])
+def test_wersa_fused_equals_plain(causal):
+    torch.manual_seed(0)
+    fused = wersa.build_mixer("wersa", dim=16, num_heads=2, causal=causal, levels=2, num_features=8,
+                              chunk_size=4, block_size=8).to(F64)
+    plain = wersa.build_mixer("wersa", dim=16, num_heads=2, causal=causal, levels=2, num_features=8,
+                              chunk_size=4, fused=False).to(F64)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 21, 16, dtype=F64, requires_grad=True)
+    mask = padding_mask(2, 21)
+    for attention_mask in (None, mask):
+        ya, yr = fused(x, attention_mask), plain(x, attention_mask)
+        g = torch.randn_like(ya)
+        params = [x] + list(fused.parameters())
+        ga = torch.autograd.grad(ya, params, g, allow_unused=True)
+        gr = torch.autograd.grad(yr, [x] + list(plain.parameters()), g, allow_unused=True)
+        assert torch.allclose(ya, yr, atol=1e-11)
+        for a, r in zip(ga, gr):
+            assert (a is None) == (r is None)
+            if a is not None:
+                assert torch.allclose(a, r, atol=1e-9)
+
+
+def test_wersa_fused_prefill_equals_plain():
+    torch.manual_seed(0)
+    fused = wersa.build_mixer("wersa", dim=16, num_heads=2, causal=True, num_features=8, chunk_size=4,
+                              block_size=8).to(F64).eval()
+    plain = wersa.build_mixer("wersa", dim=16, num_heads=2, causal=True, num_features=8, chunk_size=4,
+                              fused=False).to(F64).eval()
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 19, 16, dtype=F64)
+    with torch.no_grad():
+        (ya, sa), (yr, sr) = fused.prefill(x), plain.prefill(x)
+    assert torch.allclose(ya, yr, atol=1e-12)
+    for key in sr:
+        assert torch.allclose(sa[key], sr[key], atol=1e-12), key
