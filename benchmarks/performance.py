@@ -59,23 +59,32 @@ def run_train(cell):
 
     model = _build(torch, cell).train()
     x = torch.randn(1, cell["n"], cell.get("dim", 512), requires_grad=True)
-    times, peak, info = [], None, None
-    for rep in range(cell.get("reps", 3)):
+    times, cpus, peak, info, hwm = [], [], None, None, None
+    # Rep 0 measures peak memory; with "warmup" (default) it is not timed either: the
+    # first pass pays one-off costs (allocator growth, page faults, kernel setup).
+    warm = 1 if cell.get("warmup", True) else 0
+    for rep in range(cell.get("reps", 3) + warm):
         model.zero_grad(set_to_none=True)
         x.grad = None
         if rep == 0:
             mem = PeakMemory("cpu")
             mem.start()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         y = model(x)
         y.square().mean().backward()
-        times.append(time.perf_counter() - t0)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         if rep == 0:
-            peak, info = mem.peak_bytes(), mem.info()
-            hwm = _vm_hwm()
+            peak, info, hwm = mem.peak_bytes(), mem.info(), _vm_hwm()
+            first, first_cpu = elapsed, cpu
+        if rep >= warm:
+            times.append(elapsed)
+            cpus.append(cpu)
         del y
-    return {"seconds": statistics.median(times), "all_seconds": times, "peak_bytes": peak,
-            "absolute_hwm_bytes": hwm, "memory": info}
+    if not times:  # reps == 0: the (untimed-warm-up) memory pass is the only measurement
+        times, cpus = [first], [first_cpu]
+    return {"seconds": statistics.median(times), "all_seconds": times, "first_seconds": first,
+            "cpu_seconds": statistics.median(cpus), "all_cpu_seconds": cpus,
+            "peak_bytes": peak, "absolute_hwm_bytes": hwm, "memory": info}
 
 
 def _vm_hwm():
@@ -97,12 +106,14 @@ def run_decode(cell):
         x = torch.randn(1, cell.get("dim", 512))
         for _ in range(3):  # warm-up
             _, state = model.step(x, state)
-        per = []
+        per, per_cpu = [], []
         for _ in range(steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             _, state = model.step(x, state)
             per.append(time.perf_counter() - t0)
-    return {"seconds_per_token": statistics.median(per), "steps": steps}
+            per_cpu.append(time.process_time() - c0)
+    return {"seconds_per_token": statistics.median(per), "cpu_seconds_per_token": statistics.median(per_cpu),
+            "steps": steps}
 
 
 def run_core(cell):
@@ -125,22 +136,27 @@ def run_core(cell):
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-    times = []
+    times, cpus = [], []
     for _ in range(cell.get("reps", 3)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    gemm = []
+    gemm, gemm_cpu = [], []
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         a @ b
         gemm.append(2 * 2048 ** 3 / (time.perf_counter() - t0))
-    sec = statistics.median(times)
-    rate = max(gemm)  # the machine's best-case rate in this run
-    return {"seconds": sec, "all_seconds": times, "flops": flops, "gflops_per_s": flops / sec / 1e9,
-            "gemm_gflops_per_s": rate / 1e9, "gemm_all": [r / 1e9 for r in gemm],
-            "fraction_of_gemm": flops / sec / rate}
+        gemm_cpu.append(2 * 2048 ** 3 / (time.process_time() - c0))
+    sec, cpu = statistics.median(times), statistics.median(cpus)
+    rate, rate_cpu = max(gemm), max(gemm_cpu)  # the machine's best case in this run
+    return {"seconds": sec, "all_seconds": times, "cpu_seconds": cpu, "flops": flops,
+            "gflops_per_s": flops / sec / 1e9, "gemm_gflops_per_s": rate / 1e9, "gemm_all": [r / 1e9 for r in gemm],
+            "fraction_of_gemm": flops / sec / rate,
+            # per CPU-second (both threads busy = 2 CPU-seconds per second): robust to other load
+            "gflops_per_cpu_s": flops / cpu / 1e9, "gemm_gflops_per_cpu_s": rate_cpu / 1e9,
+            "fraction_of_gemm_cpu": (flops / cpu) / rate_cpu}
 
 
 KINDS = {"train": run_train, "decode": run_decode, "core": run_core}
@@ -148,50 +164,117 @@ KINDS = {"train": run_train, "decode": run_decode, "core": run_core}
 
 def run_cell_subprocess(cell, timeout):
     cmd = [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell)]
+    # Idle OpenMP threads sleep instead of spinning, so process CPU time counts work
+    # (the robust measure when other processes share the cores).
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {**cell, "error": f"timeout after {timeout} s"}
     if proc.returncode != 0:
         tail = (proc.stderr or "")[-600:]
         return {**cell, "error": ("out of memory" if "memory" in tail.lower() else "failed") + ": " + tail}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {**cell, **out, "process_seconds": time.perf_counter() - t0}
+    return {**cell, **out, "process_seconds": time.perf_counter() - t0, "omp_wait_policy": env["OMP_WAIT_POLICY"],
+            "load_average": os.getloadavg()}
 
 
 def default_plan(threads: int, full: bool = False):
-    """The cells of docs/performance.md. ``full`` adds fused SDPA at 64k (tens of minutes on 2 cores)."""
+    """The cells of docs/performance.md, most important first. ``full`` adds fused SDPA at 64k (slow)."""
     wopts = {"levels": 2, "num_features": 256}
     W = {"mixer": "wersa", "opts": wopts}
     cells = []
     for causal in (False, True):
-        for n, reps in ((4096, 3), (16384, 3), (65536, 2)):
-            cells.append({**W, "kind": "train", "causal": causal, "n": n, "reps": reps})
-        cells.append({"mixer": "wersa", "opts": {**wopts, "fused": False}, "kind": "train", "causal": causal,
-                      "n": 16384, "reps": 2})
+        cells.append({**W, "kind": "train", "causal": causal, "n": 4096, "reps": 2})
+        cells.append({**W, "kind": "train", "causal": causal, "n": 16384, "reps": 1})
+        cells.append({"mixer": "sdpa", "kind": "train", "causal": causal, "n": 16384, "reps": 1, "warmup": False})
         cells.append({"mixer": "performer", "opts": {"num_features": 256}, "kind": "train", "causal": causal,
-                      "n": 16384, "reps": 3})
-        cells.append({"mixer": "sdpa", "kind": "train", "causal": causal, "n": 4096, "reps": 3})
-        cells.append({"mixer": "sdpa", "kind": "train", "causal": causal, "n": 16384, "reps": 2})
-        cells.append({"kind": "core", "causal": causal, "n": 16384, "reps": 3})
-        cells.append({"kind": "core", "causal": causal, "n": 16384, "fused": False, "reps": 2})
-        cells.append({**W, "kind": "train", "causal": causal, "n": 131072, "reps": 1})
-    cells.append({"mixer": "waveformer", "opts": {"levels": 3, "num_features": 256}, "kind": "train",
-                  "causal": False, "n": 16384, "reps": 2})
+                      "n": 16384, "reps": 1})
+        cells.append({"kind": "core", "causal": causal, "n": 16384, "reps": 1})
     for n in (1024, 65536):
-        cells.append({**W, "kind": "decode", "causal": True, "n": n})
-        cells.append({"mixer": "sdpa", "kind": "decode", "causal": True, "n": n})
+        cells.append({**W, "kind": "decode", "causal": True, "n": n, "steps": 16})
+        cells.append({"mixer": "sdpa", "kind": "decode", "causal": True, "n": n, "steps": 16})
+    for causal in (False, True):
+        cells.append({**W, "kind": "train", "causal": causal, "n": 65536, "reps": 1})
+        cells.append({**W, "kind": "train", "causal": causal, "n": 131072, "reps": 0})
     cells.append({"mixer": "waveformer", "opts": {"levels": 3, "num_features": 256}, "kind": "train",
-                  "causal": False, "n": 65536, "reps": 1})
-    for causal in (False, True):  # quadratic baselines: minutes each
-        cells.append({"mixer": "sdpa", "kind": "train", "causal": causal, "n": 32768, "reps": 1})
+                  "causal": False, "n": 16384, "reps": 1})
+    for causal in (False, True):
+        cells.append({"mixer": "wersa", "opts": {**wopts, "fused": False}, "kind": "train", "causal": causal,
+                      "n": 16384, "reps": 1})
+        cells.append({"kind": "core", "causal": causal, "n": 16384, "fused": False, "reps": 1})
     if full:
         for causal in (False, True):
-            cells.append({"mixer": "sdpa", "kind": "train", "causal": causal, "n": 65536, "reps": 1})
+            cells.append({"mixer": "sdpa", "kind": "train", "causal": causal, "n": 65536, "reps": 1,
+                          "warmup": False})
     for c in cells:
         c.setdefault("threads", threads)
     return cells
+
+
+def _find(rows, **want):
+    for r in rows:
+        if "error" not in r and all(r.get(k) == v or (k == "fused" and r.get("opts", {}).get("fused", True) == v)
+                                    for k, v in want.items()):
+            return r
+    return None
+
+
+def report(path):
+    """Print the targets table of docs/performance.md from a results file (JSON lines)."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    W = lambda causal, n, fused=True: _find(rows, kind="train", mixer="wersa", causal=causal, n=n, fused=fused)
+    S = lambda causal, n: _find(rows, kind="train", mixer="sdpa", causal=causal, n=n)
+    GiB = 2 ** 30
+
+    def ratio(a, b, key):
+        return None if a is None or b is None else b[key] / a[key]
+
+    def fmt(x, spec=".2f"):
+        return "n/a" if x is None else format(x, spec)
+
+    print("| cell | wall s | CPU s | peak above baseline GiB |")
+    print("|---|---|---|---|")
+    for r in rows:
+        if r.get("kind") != "train":
+            continue
+        name = f"{r['mixer']}{'' if r.get('opts', {}).get('fused', True) else ' (fused=False)'} " \
+               f"{'causal' if r['causal'] else 'bidir'} {r['n'] // 1024}k"
+        if "error" in r:
+            print(f"| {name} | {r['error'][:40]} | | |")
+            continue
+        print(f"| {name} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['peak_bytes'] / GiB:.2f} |")
+    print()
+    for causal in (False, True):
+        mode = "causal" if causal else "bidir"
+        for n in (16384, 65536):
+            for key in ("seconds", "cpu_seconds"):
+                print(f"speed-up vs sdpa {mode} {n // 1024}k ({key}): {fmt(ratio(W(causal, n), S(causal, n), key))}")
+        for key in ("seconds", "cpu_seconds"):
+            a, b = W(causal, 4096), W(causal, 65536)
+            print(f"time 64k/4k {mode} ({key}): {fmt(ratio(a, b, key))}")
+        a, b = W(causal, 4096), W(causal, 65536)
+        print(f"memory 64k/4k {mode}: {fmt(ratio(a, b, 'peak_bytes'))}")
+        r = W(causal, 131072)
+        print(f"peak 128k {mode}: {fmt(None if r is None else r['peak_bytes'] / GiB)} GiB above baseline, "
+              f"{fmt(None if r is None else r['absolute_hwm_bytes'] / GiB)} GiB absolute")
+        print(f"memory 64k wersa/sdpa {mode}: {fmt(ratio(S(causal, 65536), W(causal, 65536), 'peak_bytes'))}")
+        p = _find(rows, kind="train", mixer="performer", causal=causal, n=16384)
+        for key in ("seconds", "cpu_seconds"):
+            print(f"wersa/performer {mode} 16k ({key}): {fmt(ratio(p, W(causal, 16384), key))}")
+        c = _find(rows, kind="core", causal=causal, n=16384, fused=True)
+        if c:
+            print(f"core {mode} 16k: {c['flops'] / 1e9:.1f} GFLOP, {c['fraction_of_gemm']:.2f} of GEMM (wall), "
+                  f"{c['fraction_of_gemm_cpu']:.2f} (CPU time)")
+    wf = _find(rows, kind="train", mixer="waveformer", n=16384)
+    for key in ("seconds", "cpu_seconds"):
+        print(f"waveformer/wersa bidir 16k ({key}): {fmt(ratio(W(False, 16384), wf, key))}")
+    for mixer in ("wersa", "sdpa"):
+        d1, d64 = (_find(rows, kind="decode", mixer=mixer, n=n) for n in (1024, 65536))
+        for key in ("seconds_per_token", "cpu_seconds_per_token"):
+            print(f"decode {mixer} per token 1k / 64k ({key}): {fmt(d1 and d1[key] * 1e3, '.3f')} ms / "
+                  f"{fmt(d64 and d64[key] * 1e3, '.3f')} ms")
 
 
 def main(argv=None):
@@ -202,7 +285,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", default=None, help="append results (JSON lines) to this file")
+    p.add_argument("--report", default=None, help="print the summary of a results file and exit")
     args = p.parse_args(argv)
+    if args.report:
+        report(args.report)
+        return
     if args.cell:
         cell = json.loads(args.cell)
         cell.setdefault("threads", args.threads)

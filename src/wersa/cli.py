@@ -233,7 +233,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     try:
         print(adapters.describe_task(args.task, _kv(args.task_option, "--task-option")))
-    except (ValueError, adapters.Unavailable) as exc:
+    except (ValueError, Unavailable) as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0
 
@@ -376,12 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .bench.adapters import Unavailable
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; finished cells are saved, re-run the same command to resume", file=sys.stderr)
         return 130
-    except ValueError as exc:  # bad arguments found deep down: name them, no traceback
+    except (ValueError, Unavailable) as exc:  # bad arguments found deep down: no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

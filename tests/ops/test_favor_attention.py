@@ -72,11 +72,11 @@ def test_reference_is_the_plain_feature_composition():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_gradcheck(causal):
-    q, k, v, omega, bw = inputs(11, b=1, h=2, d=3, m=4)
-    mask = torch.ones(1, 11, dtype=torch.bool)
-    mask[0, 9:] = False
+    q, k, v, omega, bw = inputs(8, b=1, h=2, d=3, m=4)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    mask[0, 7:] = False
     assert gradcheck(lambda *t: favor_attention(*t[:3], omega, t[3], causal=causal, key_mask=mask,
-                                                chunk_size=3, block_size=6), (q, k, v, bw))
+                                                chunk_size=2, block_size=4), (q, k, v, bw), fast_mode=True)
 
 
 def test_zero_vectors_follow_the_normalize_clamp():
@@ -140,7 +140,7 @@ def test_lean_haar_filter(levels):
     n_pad = padded_length(n, levels)
     sizes = [n_pad >> levels] + [n_pad >> lv for lv in range(levels, 0, -1)]
     gains = [torch.rand(2, s, generator=g, dtype=F64, requires_grad=True) for s in sizes]
-    assert gradcheck(lambda x, *gs: haar_filter_lean(x, list(gs), levels), (x, *gains))
+    assert gradcheck(lambda x, *gs: haar_filter_lean(x, list(gs), levels), (x, *gains), fast_mode=True)
     a, r = haar_filter_lean(x, gains, levels), haar_filter(x, gains, levels)
     assert_close_with_grads(a, r, (x, *gains))
 
@@ -150,7 +150,7 @@ def test_lean_causal_pyramid(levels):
     g = torch.Generator().manual_seed(levels)
     x = torch.randn(2, 3, 13, 4, generator=g, dtype=F64, requires_grad=True)
     gains = torch.rand(2, 13, levels + 1, generator=g, dtype=F64, requires_grad=True)
-    assert gradcheck(lambda x, gs: causal_haar_pyramid_lean(x, gs, levels), (x, gains))
+    assert gradcheck(lambda x, gs: causal_haar_pyramid_lean(x, gs, levels), (x, gains), fast_mode=True)
     assert_close_with_grads(causal_haar_pyramid_lean(x, gains, levels), causal_haar_pyramid(x, gains, levels),
                             (x, gains))
 
@@ -159,13 +159,13 @@ def test_lean_causal_pyramid(levels):
 @pytest.mark.parametrize("causal", [False, True])
 def test_wersa_fused_equals_plain(causal):
     torch.manual_seed(0)
-    fused = wersa.build_mixer("wersa", dim=16, num_heads=2, causal=causal, levels=2, num_features=8,
-                              chunk_size=4, block_size=8).to(F64)
-    plain = wersa.build_mixer("wersa", dim=16, num_heads=2, causal=causal, levels=2, num_features=8,
-                              chunk_size=4, fused=False).to(F64)
+    fused = wersa.build_mixer("wersa", dim=8, num_heads=2, causal=causal, levels=2, num_features=6,
+                              kernel_size=5, chunk_size=4, block_size=8).to(F64)
+    plain = wersa.build_mixer("wersa", dim=8, num_heads=2, causal=causal, levels=2, num_features=6,
+                              kernel_size=5, chunk_size=4, fused=False).to(F64)
     plain.load_state_dict(fused.state_dict())
-    x = torch.randn(2, 21, 16, dtype=F64, requires_grad=True)
-    mask = padding_mask(2, 21)
+    x = torch.randn(2, 14, 8, dtype=F64, requires_grad=True)
+    mask = padding_mask(2, 14)
     for attention_mask in (None, mask):
         ya, yr = fused(x, attention_mask), plain(x, attention_mask)
         g = torch.randn_like(ya)
@@ -192,3 +192,16 @@ def test_wersa_fused_prefill_equals_plain():
     assert torch.allclose(ya, yr, atol=1e-12)
     for key in sr:
         assert torch.allclose(sa[key], sr[key], atol=1e-12), key
+
+
+# ------------------------------------------------------------- depthwise convolution
+@pytest.mark.parametrize("batch", [1, 3])
+def test_depthwise_conv1d(batch):
+    from wersa.ops.depthwise_conv import depthwise_conv1d
+
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 4, 12, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(4, 1, 5, generator=g, dtype=F64, requires_grad=True)
+    b = torch.randn(4, generator=g, dtype=F64, requires_grad=True)
+    assert gradcheck(depthwise_conv1d, (x, w, b), fast_mode=True)
+    assert_close_with_grads(depthwise_conv1d(x, w, b), torch.nn.functional.conv1d(x, w, b, groups=4), (x, w, b))

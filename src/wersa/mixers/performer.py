@@ -113,7 +113,9 @@ def favor_features(
         shift = valid.amax(dim=(-1, -2), keepdim=True)
         # A sequence without any real key has shift -inf; its features are zeroed below.
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        phi = torch.exp(exponent - shift) * (1.0 / math.sqrt(m))
+        # Exponentiate the masked exponent: a padded key far above the real keys' max
+        # would otherwise overflow to inf, and inf * 0 (the mask below) is NaN.
+        phi = torch.exp(valid - shift) * (1.0 / math.sqrt(m))
     if key_mask is not None and not is_query:
         phi = phi * key_mask[:, None, :, None].to(phi.dtype)
     return phi

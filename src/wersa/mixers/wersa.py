@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_lean, causal_haar_pyramid_step
+from ..ops.depthwise_conv import depthwise_conv1d
 from ..ops.favor_attention import favor_attention, favor_attention_with_state
 from ..ops.feature_maps import gaussian_random_matrix, orthogonal_random_matrix, relu_features, softmax_kernel_features
 from ..ops.haar import block_mean, haar_dwt, haar_filter, haar_filter_lean, haar_idwt, padded_length
@@ -90,8 +91,10 @@ class WERSA(Mixer):
         fused: compute the wavelet filter and the softmax-feature attention with
             memory-lean autograd nodes that recompute intermediates (features,
             Haar coefficients, pyramid means) in the backward pass instead of
-            storing them (:mod:`wersa.ops.favor_attention`). Same values and
-            gradients; ``False`` selects the plain autograd composition.
+            storing them (:mod:`wersa.ops.favor_attention`), and the gate
+            convolution with a backward made of forward convolutions
+            (:mod:`wersa.ops.depthwise_conv`). Same values and gradients;
+            ``False`` selects the plain autograd composition.
         block_size: tokens whose features the fused path materialises at a time.
     """
 
@@ -214,7 +217,10 @@ class WERSA(Mixer):
             h = F.pad(h, (k - 1, 0))
         else:
             h = F.pad(h, ((k - 1) // 2, k // 2))
-        h = self.gate_conv(h).transpose(1, 2)  # (B, N, D)
+        if self.fused:
+            h = depthwise_conv1d(h, self.gate_conv.weight, self.gate_conv.bias).transpose(1, 2)  # (B, N, D)
+        else:
+            h = self.gate_conv(h).transpose(1, 2)
         return torch.sigmoid(self.gate_mlp(h)) * self.scale_weights
 
     def _features(self, t: Tensor, is_query: bool) -> Tensor:
