@@ -16,6 +16,9 @@ from .sweep import Sweep, TaskEntry
 PAPER_MIXERS = ["softmax", "sdpa", "fnet", "linformer", "performer", "waveformer", "wersa"]
 
 _SMALL_MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+# Random-feature mixers get the same feature count, sized to the small model's heads
+# (d = 16): m = 4d. Their defaults (m = 256) are for heads of 64.
+_SMALL_FEATURES = {name: {"num_features": 64} for name in ("performer", "waveformer", "wersa")}
 
 
 def _quick() -> Sweep:
@@ -29,7 +32,7 @@ def _quick() -> Sweep:
                   label="Pathfinder-16px"),
     ]
     return Sweep(mixers=["softmax", "sdpa", "fnet", "performer", "wersa"], tasks=tasks, seeds=[0], recipe=recipe,
-                 mem_limit_gb=4.0, timeout_s=300.0, name="quick")
+                 mixer_options=dict(_SMALL_FEATURES), mem_limit_gb=4.0, timeout_s=300.0, name="quick")
 
 
 def _standard() -> Sweep:
@@ -51,8 +54,8 @@ def _standard() -> Sweep:
         TaskEntry("stdlib_families", 16384, {"max_length": 16384}, label="Documents-16k (stdlib bytes)",
                   overrides=long_overrides),
     ]
-    sweep = Sweep(mixers=list(PAPER_MIXERS), tasks=tasks, seeds=[0, 1, 2], recipe=recipe, mem_limit_gb=8.0,
-                  timeout_s=600.0, name="standard")
+    sweep = Sweep(mixers=list(PAPER_MIXERS), tasks=tasks, seeds=[0, 1, 2], recipe=recipe,
+                  mixer_options=dict(_SMALL_FEATURES), mem_limit_gb=8.0, timeout_s=600.0, name="standard")
     return sweep
 
 
