@@ -70,6 +70,13 @@ def check_mixer(name: str) -> None:
         raise Unavailable(str(exc)) from None
 
 
+def mixer_capabilities(name: str):
+    """The registry's capabilities of mixer ``name``."""
+    import wersa
+
+    return wersa.capabilities(name)
+
+
 def build_mixer(name: str, dim: int, num_heads: int, causal: bool = False, **options) -> nn.Module:
     import wersa
 

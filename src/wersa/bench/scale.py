@@ -118,6 +118,9 @@ def run_scale(mixers: list[str], lengths: list[int], out: str, *, dim: int = 256
     mixer_options = mixer_options or {}
     for name in mixers:
         adapters.check_mixer(name)
+    # A mixer without the requested form is left out (its capabilities say so), not run to fail.
+    form = "causal" if causal else "bidirectional"
+    mixers = [name for name in mixers if getattr(adapters.mixer_capabilities(name), form, True)]
     done_records = read_results(out)
     done = finished_keys(done_records, retry_failed=retry_failed)
     failed_at: dict[str, str] = {}
