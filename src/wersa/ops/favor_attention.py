@@ -16,8 +16,8 @@ gradients. What changes is the cost:
 * The ``(B, H, N, m)`` feature tensors are never stored. The sequence is processed
   in blocks of ``block_size`` tokens; the backward pass recomputes each block's
   features (one extra ``N d m`` product per side, cheap next to what it saves:
-  autograd would keep about eight ``N m`` tensors per head alive, 8 GiB at 128k
-  tokens with ``m = 256``).
+  plain autograd keeps several ``(B, H, N, m)`` tensors alive, 1 GiB each at 128k
+  tokens, 8 heads and ``m = 256``).
 * Normalisation and bandwidth live inside the node too, so none of their
   ``(B, H, N, d)`` intermediates are saved: the node keeps its inputs, its output
   and, causally, one ``(m, d + 1)`` state per block.
@@ -261,8 +261,7 @@ class _FavorAttention(torch.autograd.Function):
         else:
             g_q, g_k, g_v, g_b = _bidir_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
                                                  extra, block_size, log_scale)
-        # inv_b = 1 / b: dL/db = dL/d(inv_b) * (-1 / b^2); _features_backward returned dL/db already
-        # in terms of x^ = u / b, i.e. -sum(g x^) / b.
+        # g_b is dL/db already (_features_backward differentiates x^ = u / b with respect to b).
         return g_q, g_k, g_v, None, g_b.to(bandwidth.dtype), None, None, None, None, None
 
 
