@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import adapters
+from .checkpoint import CheckpointStore, atomic_torch_save, rng_states, set_rng_states
 from .env import environment
 from .flops import forward_and_step_flops
 from .memory import PeakMemory
@@ -54,6 +55,10 @@ class TrainConfig:
         task_factory, model_factory: import paths of stand-ins (see :mod:`.adapters`).
         plugins: modules imported first (they may register mixers or tasks).
         cache_dir: where tasks cache generated data (not part of a cell's identity).
+        checkpoint_dir: save resumable checkpoints here and resume from the newest
+            usable one on start (``None`` = no checkpoints; see :mod:`.checkpoint`).
+        checkpoint_every: steps between checkpoints (one is also written when
+            training ends, before evaluation).
     """
 
     mixer: str
@@ -81,6 +86,8 @@ class TrainConfig:
     model_factory: str | None = None
     plugins: list[str] = field(default_factory=list)
     cache_dir: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 50
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,6 +99,17 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(names))}")
         return cls(**d)
+
+
+# Fields that say how or where to run, not what is trained: a checkpoint written
+# under other values of these is still resumed.
+RUN_ONLY_FIELDS = ("plugins", "cache_dir", "checkpoint_dir", "checkpoint_every", "threads", "device",
+                   "count_flops", "eval_batch_size")
+
+
+def run_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What defines a training trajectory: ``cfg`` without :data:`RUN_ONLY_FIELDS`."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_FIELDS}
 
 
 # ----------------------------------------------------------------- helpers
@@ -170,6 +188,14 @@ class _Dist:
         torch.distributed.all_reduce(t)
         return bool(t.item() > 0)
 
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.long, device=self.device)
+        torch.distributed.broadcast(t, src=0)
+        return int(t.item())
+
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()
@@ -188,22 +214,60 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _batches(task, cfg: TrainConfig):
-    """Endless train batches; epoch ``e`` is shuffled with seed ``seed * 1000 + e``."""
-    epoch = 0
-    while True:
-        loader = task.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
-                             drop_last=True, pad_to=cfg.length)
-        n = 0
-        for batch in loader:
-            n += 1
-            yield batch
-        if n == 0:
-            raise ValueError(
-                f"task {cfg.task!r}: the train split has fewer examples than batch_size={cfg.batch_size}; "
-                f"lower --batch-size or enlarge the split"
-            )
-        epoch += 1
+class _Batches:
+    """Endless train batches; epoch ``e`` is shuffled with seed ``seed * 1000 + e``.
+
+    ``consumed`` batches are skipped first (a resumed run continues the same order);
+    the skipping happens here, before training starts, not inside the first step.
+    """
+
+    def __init__(self, task, cfg: TrainConfig, consumed: int = 0):
+        self.task, self.cfg = task, cfg
+        self.epoch, skip = 0, 0
+        if consumed:
+            per_epoch = len(self._loader(0))  # drop_last: whole batches per epoch
+            if per_epoch == 0:
+                self._empty()
+            self.epoch, skip = divmod(int(consumed), per_epoch)
+        self._start_epoch()
+        for _ in range(skip):
+            next(self._it)
+            self._n += 1
+
+    def _loader(self, epoch: int):
+        cfg = self.cfg
+        return self.task.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
+                                drop_last=True, pad_to=cfg.length)
+
+    def _start_epoch(self) -> None:
+        self._it = iter(self._loader(self.epoch))
+        self._n = 0
+
+    def _empty(self):
+        raise ValueError(
+            f"task {self.cfg.task!r}: the train split has fewer examples than batch_size={self.cfg.batch_size}; "
+            f"lower --batch-size or enlarge the split"
+        )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        while True:
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if self._n == 0:
+                    self._empty()
+                self.epoch += 1
+                self._start_epoch()
+                continue
+            self._n += 1
+            return batch
+
+
+def _batches(task, cfg: TrainConfig, consumed: int = 0) -> _Batches:
+    return _Batches(task, cfg, consumed)
 
 
 @torch.no_grad()
@@ -302,20 +366,58 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    batches = _batches(task, cfg)
+    # Resume from the newest usable checkpoint (rank 0 chooses, every rank loads that file).
+    store = None
+    state: dict[str, Any] | None = None
+    if cfg.checkpoint_dir:
+        if not isinstance(cfg.checkpoint_every, int) or cfg.checkpoint_every <= 0:
+            raise ValueError(f"checkpoint_every must be a positive integer, got {cfg.checkpoint_every!r}")
+        store = CheckpointStore(cfg.checkpoint_dir, identity=run_identity(cfg))
+        state = store.latest() if dist.is_main else None
+        step0 = dist.broadcast_int(int(state["step"]) if state is not None else -1)
+        if not dist.is_main and step0 >= 0:
+            state = store.load(step0)
     seed_everything(cfg.seed + 1)  # dropout stream, independent of data order
-    peak = PeakMemory(device)
-    peak.start()
+    steps, tokens, prior_time, resumes = 0, 0, 0.0, 0
     step_times: list[float] = []
     losses: list[float] = []
-    tokens = 0
-    steps = 0
     stopped_by = "max_steps"
-    bar = tqdm(total=cfg.max_steps, desc=f"train {cfg.mixer}/{cfg.task}", disable=not (progress and dist.is_main),
-               leave=False, dynamic_ncols=True)
+    done = False
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_states(state["rng"])
+        steps, tokens = int(state["step"]), int(state["tokens"])
+        losses, step_times = list(state["losses"]), list(state["step_times"])
+        prior_time, resumes = float(state["train_time_s"]), int(state["resumes"]) + 1
+        stopped_by, done = state["stopped_by"], bool(state["done"])
+    resumed_from = steps if state is not None else None
+    del state
+
+    checkpoint_time = 0.0
+
+    def save_checkpoint(finished: bool) -> None:
+        nonlocal checkpoint_time
+        if store is None:
+            return
+        t = time.perf_counter()
+        if dist.is_main:
+            store.save({
+                "step": steps, "batches_consumed": steps, "tokens": tokens, "losses": losses,
+                "step_times": step_times, "train_time_s": prior_time + (t - t_start) - checkpoint_time,
+                "resumes": resumes, "stopped_by": stopped_by, "done": finished,
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_states(),
+            })
+        checkpoint_time += time.perf_counter() - t
+
+    batches = _batches(task, cfg, consumed=steps) if not done else None
+    peak = PeakMemory(device)
+    peak.start()
+    bar = tqdm(total=cfg.max_steps, initial=steps, desc=f"train {cfg.mixer}/{cfg.task}",
+               disable=not (progress and dist.is_main), leave=False, dynamic_ncols=True)
     t_start = time.perf_counter()
     net.train()
-    while steps < cfg.max_steps:
+    while not done and steps < cfg.max_steps:
         batch = next(batches)
         gbs, n_tok = batch["input_ids"].shape
         batch = _to({k: v[lo:lo + local_bs] for k, v in batch.items()}, device)
@@ -338,11 +440,17 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         steps += 1
         bar.update(1)
         bar.set_postfix(loss=f"{lv:.3f}")
-        over = cfg.max_time_s is not None and time.perf_counter() - t_start >= cfg.max_time_s
+        elapsed = prior_time + time.perf_counter() - t_start - checkpoint_time
+        over = cfg.max_time_s is not None and elapsed >= cfg.max_time_s
         if dist.any_flag(over):
             stopped_by = "max_time_s"
             break
-    train_time = time.perf_counter() - t_start
+        if store is not None and steps % cfg.checkpoint_every == 0 and steps < cfg.max_steps:
+            save_checkpoint(finished=False)
+    if not done:
+        # Training is over: a kill during evaluation does not repeat it.
+        save_checkpoint(finished=True)
+    train_time = prior_time + time.perf_counter() - t_start - checkpoint_time
     bar.close()
     peak_bytes = peak.peak_bytes()
 
@@ -354,6 +462,8 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         "params": params, "final_train_loss": float(np.mean(losses[-10:])) if losses else None,
         "world_size": dist.world, "task_info": info.as_dict() if hasattr(info, "as_dict") else str(info),
     }
+    if store is not None:
+        record.update(resumed_from_step=resumed_from, resumes=resumes, checkpoint_time_s=checkpoint_time)
     if dist.is_main:
         t0 = time.perf_counter()
         record.update(evaluate(model, task, cfg, device))
@@ -363,7 +473,7 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
             fwd, step = forward_and_step_flops(model, _to(fb, device))
             record.update(flops_forward=fwd, flops_train_step=step)
         if save_params:
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, save_params)
+            atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, save_params)
     record["env"] = environment(device)
     dist.barrier()
     dist.close()

@@ -109,8 +109,10 @@ def causal_linear_attention(
 
     # Across chunks: the state before chunk j is the sum of the states of chunks < j.
     chunk_kv = k_c.transpose(-1, -2) @ v_c  # (B, H, C, m, e)
-    prefix = torch.cumsum(chunk_kv, dim=2)
-    before = torch.cat([torch.zeros_like(prefix[:, :, :1]), prefix[:, :, :-1]], dim=2)
+    # Running sums over long sequences lose precision in half types: accumulate in fp32.
+    acc = torch.float32 if chunk_kv.dtype in (torch.float16, torch.bfloat16) else chunk_kv.dtype
+    prefix = torch.cumsum(chunk_kv, dim=2, dtype=acc)
+    before = torch.cat([torch.zeros_like(prefix[:, :, :1]), prefix[:, :, :-1]], dim=2).to(chunk_kv.dtype)
     if initial_state is not None:
         init = initial_state.S
         if normalize:
@@ -121,7 +123,7 @@ def causal_linear_attention(
     y = out[..., :d] / (out[..., d:] + eps) if normalize else out
     if not return_state:
         return y
-    final = prefix[:, :, -1]
+    final = prefix[:, :, -1].to(chunk_kv.dtype)
     if initial_state is not None:
         final = final + (torch.cat([initial_state.S, initial_state.z.unsqueeze(-1)], -1)
                          if normalize else initial_state.S)
