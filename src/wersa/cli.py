@@ -143,6 +143,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sweep.timeout_s = args.timeout
     if args.threads is not None:
         sweep.threads = args.threads
+    if args.checkpoint_every is not None:
+        if args.checkpoint_every < 0:
+            raise SystemExit(f"error: --checkpoint-every must be >= 0 (0 = no checkpoints), got {args.checkpoint_every}")
+        sweep.checkpoint_every = args.checkpoint_every
     out = Path(args.out or f"results/{sweep.name}.jsonl")
     run_sweep(sweep, out, cache_dir=args.cache_dir, retry_failed=args.retry_failed, progress=not args.quiet,
               max_cells=args.max_cells, plugins=args.plugin, dry_run=args.dry_run)
@@ -203,7 +207,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       mixer_options=_kv(args.mixer_option, "--mixer-option"),
                                       cache_dir=args.cache_dir, plugins=args.plugin or [],
                                       task_factory=args.task_factory, model_factory=args.model_factory,
-                                      threads=args.threads, count_flops=not args.no_flops)
+                                      threads=args.threads, count_flops=not args.no_flops,
+                                      checkpoint_dir=args.checkpoint_dir)
+    if args.checkpoint_every is not None:
+        if args.checkpoint_every <= 0:
+            raise SystemExit(f"error: --checkpoint-every must be a positive number of steps, "
+                             f"got {args.checkpoint_every}")
+        if not args.checkpoint_dir:
+            raise SystemExit("error: --checkpoint-every needs --checkpoint-dir DIR")
+        cfg_fields["checkpoint_every"] = args.checkpoint_every
     over = _recipe_overrides(args)
     if "model" in over:
         over["model"] = {**TrainConfig(mixer="", task="").model, **over["model"]}
@@ -285,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timeout", type=float, metavar="S", help="hard time limit per cell, seconds (recorded as timeout)")
     b.add_argument("--threads", type=int, help="torch threads per cell (recorded)")
     b.add_argument("--retry-failed", action="store_true", help="re-run cells recorded as oom/timeout/error")
+    b.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="steps between a cell's checkpoints (kept in <out>.ckpt/ until the cell is recorded; "
+                        "0 = none) [default: 50]")
     b.add_argument("--max-cells", type=int, help="run at most this many cells now (the rest on the next run)")
     b.add_argument("--dry-run", action="store_true", help="list the cells that would run")
     b.add_argument("--no-report", action="store_true", help="do not write the report after the sweep")
@@ -344,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json-out", help="append the result record to this JSON-lines file")
     t.add_argument("--save-params", help="save the final parameters (state dict) to this file")
     t.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    t.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="save resumable checkpoints here; re-running the same command resumes from the newest")
+    t.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints [default: 50]")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--plugin", action="append", metavar="MODULE", help="import MODULE first")
     t.add_argument("--task-factory", help=argparse.SUPPRESS)
