@@ -245,7 +245,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     try:
         print(adapters.describe_task(args.task, _kv(args.task_option, "--task-option")))
-    except (ValueError, Unavailable) as exc:
+    except (ValueError, adapters.Unavailable) as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0
 

@@ -37,6 +37,7 @@ def _child_env(threads: int | None) -> dict[str, str]:
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
+    env["WERSA_CELL_PARENT"] = str(os.getpid())
     # torchrun variables of a parent launch must not leak into a cell.
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
@@ -91,6 +92,23 @@ def run_isolated(kind: str, spec: dict[str, Any], mem_limit_bytes: int | None = 
         return {"status": "error", "error": f"exit code {rc}: {last}", "stderr_tail": tail, "wall_s": wall}
 
 
+def _die_with_parent() -> None:
+    """Linux: end this cell when the sweep that started it dies (a killed sweep leaves no orphan
+    cell behind, still writing its checkpoints while the re-run resumes the same cell)."""
+    parent = os.environ.get("WERSA_CELL_PARENT")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before the line above
+        os._exit(1)
+
+
 def _run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "train":
         from .train import TrainConfig, run_training
@@ -109,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m wersa.bench.cell SPEC.json OUT.json", file=sys.stderr)
         return 2
     spec_path, out_path = argv
+    _die_with_parent()
     payload = json.loads(Path(spec_path).read_text())
     from .memory import is_oom, set_memory_cap
 
@@ -126,14 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         rec = {"status": "oom" if oom else "error", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
         if not oom:
             rec["traceback"] = traceback.format_exc()[-3000:]
-    tmp = out_path + ".tmp"
     try:
         text = json.dumps(rec, default=str)
     except MemoryError:
         text = json.dumps({"status": "oom", "error": "MemoryError while writing the result"})
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, out_path)
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(out_path, text)
     return 0
 
 

@@ -33,6 +33,8 @@ import torch
 FORMAT = "wersa-train-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^step-(\d{8,})\.pt$")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -61,6 +63,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 -> what open() would give
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

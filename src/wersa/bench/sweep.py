@@ -10,8 +10,10 @@ skipped cells are tried again on the next run, in case the thing was installed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from .results import append_result, cell_key, finished_keys, read_results
 from .train import TrainConfig
 
 # Config fields that say how/where to run, not what is measured: not in the cell key.
-_NOT_IN_KEY = ("plugins", "cache_dir")
+_NOT_IN_KEY = ("plugins", "cache_dir", "checkpoint_dir", "checkpoint_every")
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Sweep:
     timeout_s: float = 900.0
     threads: int | None = None
     name: str = "custom"
+    checkpoint_every: int = 50  # steps between a cell's checkpoints; 0 = none
 
 
 def cell_configs(sweep: Sweep) -> list[tuple[TaskEntry, TrainConfig]]:
@@ -86,6 +89,20 @@ def cell_configs(sweep: Sweep) -> list[tuple[TaskEntry, TrainConfig]]:
 def key_of(cfg: TrainConfig) -> str:
     d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
     return cell_key({"bench": "train", **d})
+
+
+def checkpoint_root(out: str | Path) -> Path:
+    """The folder of the per-cell checkpoint folders of results file ``out``: ``<out without suffix>.ckpt``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".ckpt")
+
+
+def _remove_checkpoints(root: Path, key: str | None = None) -> None:
+    """Remove one cell's checkpoint folder (or, with ``key=None``, nothing), then ``root`` if empty."""
+    if key is not None:
+        shutil.rmtree(root / key, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        root.rmdir()  # only succeeds when empty
 
 
 def prepare_task(entry: TaskEntry, recipe: dict[str, Any], cache_dir: str | None) -> str | None:
@@ -129,6 +146,12 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
                          retry_failed=retry_failed)
     cells = cell_configs(sweep)
     todo = [(e, c) for e, c in cells if key_of(c) not in done]
+    ckpt_root = checkpoint_root(out)
+    if not dry_run and ckpt_root.is_dir():
+        # A kill between writing a cell's record and removing its checkpoints leaves them behind.
+        for e, c in cells:
+            if key_of(c) in done:
+                _remove_checkpoints(ckpt_root, key_of(c))
     if progress or dry_run:
         print(f"{sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, {len(todo)} to run")
     if dry_run:
@@ -154,8 +177,13 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
         if max_cells is not None and ran >= max_cells:
             break
         bar.set_postfix_str(f"{cfg.mixer} / {entry.title} / seed {cfg.seed}")
+        key = key_of(cfg)
         cfg = dataclasses.replace(cfg, cache_dir=cache_dir, plugins=list(plugins or []))
-        base = {"bench": "train", "key": key_of(cfg), "preset": sweep.name, "mixer": cfg.mixer,
+        if sweep.checkpoint_every:
+            # An interrupted cell resumes from its last checkpoint on the next run.
+            cfg = dataclasses.replace(cfg, checkpoint_dir=str(ckpt_root / key),
+                                      checkpoint_every=int(sweep.checkpoint_every))
+        base = {"bench": "train", "key": key, "preset": sweep.name, "mixer": cfg.mixer,
                 "task": entry.name, "task_label": entry.title, "length": cfg.length, "seed": cfg.seed,
                 "config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY},
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -167,6 +195,8 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
                                           threads=cfg.threads)}
             ran += 1
         append_result(out, rec)
+        if sweep.checkpoint_every:
+            _remove_checkpoints(ckpt_root, key)
         written.append(rec)
         if progress:
             tqdm.write(summary_line(rec))

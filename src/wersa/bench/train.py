@@ -396,15 +396,20 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
 
     checkpoint_time = 0.0
 
-    def save_checkpoint(finished: bool) -> None:
+    def elapsed() -> float:
+        """Training time so far, across resumes, without the time spent writing checkpoints."""
+        return prior_time + time.perf_counter() - t_start - checkpoint_time
+
+    def save_checkpoint(finished: bool, train_s: float | None = None) -> None:
         nonlocal checkpoint_time
         if store is None:
             return
         t = time.perf_counter()
+        train_s = elapsed() if train_s is None else train_s
         if dist.is_main:
             store.save({
                 "step": steps, "batches_consumed": steps, "tokens": tokens, "losses": losses,
-                "step_times": step_times, "train_time_s": prior_time + (t - t_start) - checkpoint_time,
+                "step_times": step_times, "train_time_s": train_s,
                 "resumes": resumes, "stopped_by": stopped_by, "done": finished,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_states(),
             })
@@ -440,17 +445,16 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         steps += 1
         bar.update(1)
         bar.set_postfix(loss=f"{lv:.3f}")
-        elapsed = prior_time + time.perf_counter() - t_start - checkpoint_time
-        over = cfg.max_time_s is not None and elapsed >= cfg.max_time_s
+        over = cfg.max_time_s is not None and elapsed() >= cfg.max_time_s
         if dist.any_flag(over):
             stopped_by = "max_time_s"
             break
         if store is not None and steps % cfg.checkpoint_every == 0 and steps < cfg.max_steps:
             save_checkpoint(finished=False)
+    train_time = elapsed() if not done else prior_time
     if not done:
         # Training is over: a kill during evaluation does not repeat it.
-        save_checkpoint(finished=True)
-    train_time = prior_time + time.perf_counter() - t_start - checkpoint_time
+        save_checkpoint(finished=True, train_s=train_time)
     bar.close()
     peak_bytes = peak.peak_bytes()
 
