@@ -39,14 +39,14 @@ def test_kernel_estimate_converges_to_exp_dot_product():
     k = torch.randn(64, 8, dtype=torch.float64) * 0.3
     exact = torch.exp(q @ k.T)
     errs = {}
-    for m in (64, 4096):
+    for m in (64, 1024):
         e = []
         for seed in range(5):
             w = orthogonal_random_matrix(m, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
             est = softmax_kernel_features(q, w) @ softmax_kernel_features(k, w).T
             e.append(((est - exact).norm() / exact.norm()).item())
         errs[m] = sum(e) / len(e)
-    assert errs[4096] < errs[64] / 4  # ~ 1/sqrt(m): ratio 8 expected
+    assert errs[1024] < errs[64] / 2.5  # ~ 1/sqrt(m): ratio 4 expected
 
 
 def test_query_stabiliser_is_a_per_row_constant():

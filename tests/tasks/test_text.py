@@ -79,7 +79,8 @@ def test_arxiv_preset_reads_its_schema_from_local_files(tmp_path, monkeypatch):
 def test_bytes_lm_windows_split_by_file(tmp_path):
     for i in range(30):
         (tmp_path / f"f{i}.txt").write_text(f"file {i}\n" * 40)
-    task = build_task("bytes_lm", paths=[tmp_path], glob="*.txt", seq_len=32)
+    # 30 files: give each held-out split a share large enough to hold some of them
+    task = build_task("bytes_lm", paths=[tmp_path], glob="*.txt", seq_len=32, split_fractions=(0.6, 0.2, 0.2))
     total = 0
     for split in ("train", "validation", "test"):
         ds = task.split(split)

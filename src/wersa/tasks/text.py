@@ -415,8 +415,21 @@ class ByteLMTask(Task):
             for i, text in enumerate(ds[field]):
                 yield f"row{i}", text.encode("utf-8", errors="replace")
         else:
+            roots = [p for p in self.paths if p.is_dir()] if self.paths else []
+            stdlib = Path(sysconfig.get_paths()["stdlib"])
             for path in self._files():
-                yield str(path), path.read_bytes()
+                yield self._relative_key(path, roots or [stdlib]), path.read_bytes()
+
+    @staticmethod
+    def _relative_key(path: Path, roots: list[Path]) -> str:
+        """A file's key relative to the folder it was found in, so the same corpus splits
+        the same way wherever it lies on disk."""
+        for root in roots:
+            try:
+                return str(path.relative_to(root))
+            except ValueError:
+                continue
+        return path.name
 
     def document_key(self, key: str) -> str:
         """The key that decides a document's split (subclasses group editions of one work)."""
