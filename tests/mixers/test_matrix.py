@@ -156,9 +156,14 @@ def test_all_padding_rows_are_finite_zero(name, causal):
     assert (y[1] == 0).all()
 
 
-@pytest.mark.parametrize("name,causal", UNMASKED)
-def test_unsupported_mask_is_refused(name, causal):
-    m = build(name, causal)
+# Mixers (or configurations) that cannot apply a padding mask must refuse one.
+REFUSING = [pytest.param(*p.values, {}, id=p.id) for p in UNMASKED] + [
+    pytest.param("wersa", False, {"feature_map": "published"}, id="wersa-published")]
+
+
+@pytest.mark.parametrize("name,causal,opts", REFUSING)
+def test_unsupported_mask_is_refused(name, causal, opts):
+    m = build(name, causal, **opts)
     mask = torch.ones(BATCH, 10, dtype=torch.bool)
     mask[0, 7:] = False
     with pytest.raises(ValueError, match=name):
