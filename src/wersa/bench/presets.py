@@ -78,7 +78,7 @@ def _paper() -> Sweep:
                   overrides=dict(batch_size=1, max_steps=2000)),
     ]
     return Sweep(mixers=list(PAPER_MIXERS), tasks=tasks, seeds=[0, 1, 2], recipe=recipe, mem_limit_gb=None,
-                 timeout_s=6 * 3600.0, name="paper")
+                 mixer_options={"linformer": {"max_len": 131072}}, timeout_s=6 * 3600.0, name="paper")
 
 
 PRESETS = {"quick": _quick, "standard": _standard, "paper": _paper}
