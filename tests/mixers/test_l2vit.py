@@ -76,13 +76,7 @@ def test_step_and_prefill_equal_parallel(kernel):
     mask[1, :3] = False
     mask[1, 9] = False
     for msk in (None, mask):
-        y = m(x, attention_mask=msk)
-        s = m.init_state(2)
-        outs = []
-        for t in range(13):
-            o, s = m.step(x[:, t], s, attention_mask=None if msk is None else msk[:, t])
-            outs.append(o)
-        torch.testing.assert_close(torch.stack(outs, 1), y)
+        torch.testing.assert_close(m.step_through(x, attention_mask=msk)[0], m(x, attention_mask=msk))
     yp, _ = m.prefill(x)
     torch.testing.assert_close(yp, m(x))
 

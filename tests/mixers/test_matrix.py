@@ -173,12 +173,7 @@ def test_unsupported_mask_is_refused(name, causal, opts):
 
 # --------------------------------------------------------------- recurrence
 def run_steps(m, x, mask=None):
-    state = m.init_state(x.shape[0])
-    outs = []
-    for t in range(x.shape[1]):
-        y, state = m.step(x[:, t], state, attention_mask=None if mask is None else mask[:, t])
-        outs.append(y)
-    return torch.stack(outs, 1), state
+    return m.step_through(x, attention_mask=mask)
 
 
 @pytest.mark.parametrize("name", RECURRENT)

@@ -112,13 +112,8 @@ def test_step_equals_parallel(k, r):
     mask[1, :3] = False
     mask[1, 8] = False
     for msk in (None, mask):
-        y = m(x, attention_mask=msk)
-        s = m.init_state(2)
-        outs = []
-        for t in range(14):
-            o, s = m.step(x[:, t], s, attention_mask=None if msk is None else msk[:, t])
-            outs.append(o)
-        torch.testing.assert_close(torch.stack(outs, 1), y)
+        ys, s = m.step_through(x, attention_mask=msk)
+        torch.testing.assert_close(ys, m(x, attention_mask=msk))
     assert s["k"].shape[2] == (k - 1) * r + 1
 
 

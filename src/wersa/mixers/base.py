@@ -11,7 +11,7 @@ same for all mechanisms, so each mechanism file only holds its math:
   length beyond ``max_len``) with a ``ValueError`` naming the mechanism;
 * the empty sequence (``N = 0`` returns an empty output);
 * zeroing outputs at padded positions, so all-padding rows are exactly zero;
-* the token-by-token API (``init_state`` / ``step`` / ``prefill``).
+* the token-by-token API (``init_state`` / ``step`` / ``step_through`` / ``prefill``).
 
 Conventions, shared by the whole library:
 
@@ -244,14 +244,17 @@ class Mixer(nn.Module):
             y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
         return y, new_state
 
-    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:
-        """Run a prompt ``(B, N, D)`` and return ``(outputs (B, N, D), state)``.
+    def step_through(self, x: Tensor, state: Any = None,
+                     attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Feed ``(B, N, D)`` tokens one at a time through :meth:`step`, from ``state``
+        (a fresh one if ``None``). Returns ``(outputs (B, N, D), state)``.
 
-        The default steps through the tokens; mixers override it with a parallel form.
+        The sequential reference every parallel form is tested against.
         """
         self._require_recurrent()
         self._check_x(x)
-        state = self.init_state(x.shape[0], x.device, x.dtype)
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
         outs = []
         for t in range(x.shape[1]):
             m_t = None if attention_mask is None else attention_mask[:, t]
@@ -259,6 +262,13 @@ class Mixer(nn.Module):
             outs.append(y_t)
         y = torch.stack(outs, 1) if outs else x * 0.0
         return y, state
+
+    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Run a prompt ``(B, N, D)`` and return ``(outputs (B, N, D), state)``.
+
+        The default steps through the tokens; mixers override it with a parallel form.
+        """
+        return self.step_through(x, attention_mask=attention_mask)
 
     def _init_state(self, batch_size: int, device, dtype) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
