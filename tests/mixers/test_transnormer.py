@@ -110,18 +110,11 @@ def test_step_and_prefill_equal_parallel(opts):
     m = build(True, block_size=4, chunk_size=3, **opts)
     x = torch.randn(2, 11, D, dtype=torch.float64)
     y = m(x)
-    s = m.init_state(2)
-    outs = []
-    for t in range(11):
-        o, s = m.step(x[:, t], s)
-        outs.append(o)
-    torch.testing.assert_close(torch.stack(outs, 1), y)
+    torch.testing.assert_close(m.step_through(x)[0], y)
     # prefill a prompt, then keep decoding
     yp, s = m.prefill(x[:, :6])
     torch.testing.assert_close(yp, y[:, :6])
-    for t in range(6, 11):
-        o, s = m.step(x[:, t], s)
-        torch.testing.assert_close(o, y[:, t])
+    torch.testing.assert_close(m.step_through(x[:, 6:], s)[0], y[:, 6:])
 
 
 @pytest.mark.parametrize("opts", CONFIGS)

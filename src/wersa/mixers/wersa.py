@@ -389,20 +389,22 @@ class WERSA(Mixer):
                                             chunk_size=self.chunk_size, return_state=True)
         y = self._merge_heads(y.to(x.dtype))
         if mask is not None:
-            y = y * mask.unsqueeze(-1).to(y.dtype)
+            y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
         # Buffers hold the last inputs (zeros before the start), as stepping would leave them.
         K = self.kernel_size
         state["conv"] = F.pad(xm.transpose(1, 2), (K - 1, 0)).transpose(1, 2)[:, n:n + K - 1] if K > 1 \
             else state["conv"]
         hist = 2 ** self.levels - 1
         if hist:
-            qr, kr, _ = self.qkv(xm).chunk(3, dim=-1)
+            # The pyramid's history is the last 2^L - 1 raw projections: project only those tokens.
+            tail = xm[:, -hist:]
+            qr, kr, _ = self.qkv(tail).chunk(3, dim=-1)
             qr, kr = self._heads(qr), self._heads(kr)
             if mask is not None:
-                m4 = mask[:, None, :, None].to(qr.dtype)
+                m4 = mask[:, -hist:][:, None, :, None].to(qr.dtype)
                 qr, kr = qr * m4, kr * m4
-            state["q_hist"] = F.pad(qr, (0, 0, hist, 0))[:, :, n:n + hist]
-            state["k_hist"] = F.pad(kr, (0, 0, hist, 0))[:, :, n:n + hist]
+            state["q_hist"] = F.pad(qr, (0, 0, hist - tail.shape[1], 0))
+            state["k_hist"] = F.pad(kr, (0, 0, hist - tail.shape[1], 0))
         state["S"], state["z"] = la.S, la.z
         return y, state
 
