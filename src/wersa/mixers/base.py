@@ -183,6 +183,17 @@ class Mixer(nn.Module):
                 f"build it with a larger max_len"
             )
 
+    @classmethod
+    def capabilities_for(cls, causal: bool = False, **options: Any) -> Capabilities:
+        """What an instance built as ``cls(dim, num_heads, causal=causal, **options)`` supports.
+
+        ``options`` holds every constructor option (defaults filled in by the registry).
+        The default is the class's claim; a mechanism whose claims depend on its options
+        overrides this and sets ``self.capabilities = type(self).capabilities_for(...)`` in
+        ``__init__``, so :func:`wersa.capabilities` (with options) and the instance agree.
+        """
+        return cls.capabilities
+
     @property
     def max_len(self) -> int | None:
         return self.capabilities.max_len

@@ -40,9 +40,19 @@ def list_mixers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def capabilities(name: str) -> Capabilities:
-    """The :class:`Capabilities` of mixer ``name``."""
-    return _lookup(name).capabilities
+def capabilities(name: str, **options) -> Capabilities:
+    """What mixer ``name`` supports, built with ``options`` (``causal`` included).
+
+    Without options: the claims of the default instance in either mode. With options:
+    exactly what ``build_mixer(name, dim, num_heads, **options).capabilities`` reports
+    (an option can narrow a claim, e.g. WERSA's exact kernel is not recurrent).
+    Unknown options raise a ``ValueError`` listing the accepted ones.
+    """
+    cls = _lookup(name)
+    causal = bool(options.pop("causal", False))
+    _check_options(name, options)
+    full = {**mixer_options(name), **options}
+    return cls.capabilities_for(causal=causal, **full)
 
 
 def mixer_class(name: str) -> type[Mixer]:
@@ -66,10 +76,20 @@ def build_mixer(name: str, dim: int, num_heads: int, causal: bool = False, **opt
     Unknown options raise a ``ValueError`` listing the accepted ones.
     """
     cls = _lookup(name)
+    _check_options(name, options)
+    return cls(dim=dim, num_heads=num_heads, causal=causal, **options)
+
+
+def _check_options(name: str, options: dict) -> None:
     accepted = mixer_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(accepted), n=1)
+            if close:
+                hints.append(f"{key!r} -> did you mean {close[0]!r}?")
+        hint = f" ({'; '.join(hints)})" if hints else ""
         raise ValueError(
-            f"{name}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted) or 'none'}"
+            f"{name}: unknown option(s) {', '.join(unknown)}{hint}; accepted: {', '.join(accepted) or 'none'}"
         )
-    return cls(dim=dim, num_heads=num_heads, causal=causal, **options)
