@@ -83,6 +83,10 @@ class Mixer(nn.Module):
 
     capabilities: ClassVar[Capabilities]
     check_finite: bool = True  # set False to skip the NaN/Inf scan of the input
+    # Names changed since 0.1.0, old -> new (listed in CHANGELOG.md). The registry maps
+    # old option names with a FutureWarning; old state-dict key prefixes load as the new.
+    renamed_options: ClassVar[dict[str, str]] = {}
+    renamed_parameters: ClassVar[dict[str, str]] = {}
 
     def __init__(self, dim: int, num_heads: int, causal: bool = False):
         super().__init__()
@@ -301,6 +305,13 @@ class Mixer(nn.Module):
             items = [self._select_state(keep, a, b) for a, b in zip(new, old)]
             return type(new)(*items) if hasattr(new, "_fields") else type(new)(items)
         return new
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before a rename keep loading: map old key prefixes to new ones.
+        for old, new in self.renamed_parameters.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, causal={self.causal}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 
 from .base import Capabilities, Mixer
 
@@ -50,7 +51,7 @@ def capabilities(name: str, **options) -> Capabilities:
     """
     cls = _lookup(name)
     causal = bool(options.pop("causal", False))
-    _check_options(name, options)
+    options = _check_options(name, options)
     full = {**mixer_options(name), **options}
     return cls.capabilities_for(causal=causal, **full)
 
@@ -76,11 +77,27 @@ def build_mixer(name: str, dim: int, num_heads: int, causal: bool = False, **opt
     Unknown options raise a ``ValueError`` listing the accepted ones.
     """
     cls = _lookup(name)
-    _check_options(name, options)
+    options = _check_options(name, options)
     return cls(dim=dim, num_heads=num_heads, causal=causal, **options)
 
 
-def _check_options(name: str, options: dict) -> None:
+def renamed_options(name: str, options: dict) -> dict:
+    """``options`` with names renamed since 0.1.0 mapped to the current ones (FutureWarning)."""
+    renames = _lookup(name).renamed_options
+    out = dict(options)
+    for old, new in renames.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{name}: option {old!r} was renamed {new!r}; pass only {new!r}")
+            warnings.warn(f"{name}: option {old!r} is now called {new!r} (see CHANGELOG.md)",
+                          FutureWarning, stacklevel=3)
+            out[new] = out.pop(old)
+    return out
+
+
+def _check_options(name: str, options: dict) -> dict:
+    """Validate option names (renamed ones mapped); return the options to pass on."""
+    options = renamed_options(name, options)
     accepted = mixer_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -93,3 +110,4 @@ def _check_options(name: str, options: dict) -> None:
         raise ValueError(
             f"{name}: unknown option(s) {', '.join(unknown)}{hint}; accepted: {', '.join(accepted) or 'none'}"
         )
+    return options
