@@ -9,36 +9,15 @@ import pytest
 import torch
 
 import wersa
-from wersa.mixers.linformer import LinformerAttention
+from wersa.mixers.linformer import LinformerAttention, linformer_reference as naive
 
 D, H = 16, 2
 
 
 def build(dtype=torch.float64, **opts) -> LinformerAttention:
     torch.manual_seed(0)
-    opts = {"k": 5, "max_len": 12, "bias": True, **opts}
+    opts = {"projected_length": 5, "max_len": 12, "qkv_bias": True, "out_bias": True, **opts}
     return wersa.build_mixer("linformer", dim=D, num_heads=H, **opts).to(dtype).eval()
-
-
-def naive(m: LinformerAttention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per sequence: keep only its real tokens, project with the first L rows, loop over heads."""
-    b, n, _ = x.shape
-    d = D // H
-    mask = torch.ones(b, n, dtype=torch.bool) if mask is None else mask
-    out = x.new_zeros(b, n, D)
-    for bi in range(b):
-        xr = x[bi][mask[bi]]                                   # (L, D)
-        length = xr.shape[0]
-        e = m.proj_k[:length]
-        f = e if m.share_kv else m.proj_v[:length]
-        q, k, v = m.q_proj(xr), e.T @ m.k_proj(xr), f.T @ m.v_proj(xr)  # (L, D), (k, D), (k, D)
-        heads = []
-        for hh in range(H):
-            sl = slice(hh * d, (hh + 1) * d)
-            w = torch.softmax(q[:, sl] @ k[:, sl].T / math.sqrt(d), dim=-1)
-            heads.append(w @ v[:, sl])
-        out[bi, mask[bi]] = m.out_proj(torch.cat(heads, -1))
-    return out
 
 
 @pytest.mark.parametrize("share_kv", [False, True])
@@ -48,7 +27,7 @@ def test_matches_naive_values_and_grads(share_kv):
     mask = torch.ones(3, 9, dtype=torch.bool)
     mask[0, 6:] = False   # right padding
     mask[1, :4] = False   # left padding
-    params = (x, m.proj_k, m.k_proj.weight, m.out_proj.bias)
+    params = (x, m.key_length_proj, m.k_proj.weight, m.out_proj.bias)
     for msk in (None, mask):
         y = m(x, attention_mask=msk)
         y_ref = naive(m, x, msk)
@@ -63,11 +42,11 @@ def test_matches_naive_values_and_grads(share_kv):
 def test_identity_projection_is_exact_attention():
     """k = n, E = F = I: Linformer is exact softmax attention (same q/k/v/out weights)."""
     n = 7
-    m = build(k=n, max_len=n)
-    exact = wersa.build_mixer("softmax", dim=D, num_heads=H, bias=True).double().eval()
+    m = build(projected_length=n, max_len=n)
+    exact = wersa.build_mixer("softmax", dim=D, num_heads=H, qkv_bias=True, out_bias=True).double().eval()
     with torch.no_grad():
-        m.proj_k.copy_(torch.eye(n))
-        m.proj_v.copy_(torch.eye(n))
+        m.key_length_proj.copy_(torch.eye(n))
+        m.value_length_proj.copy_(torch.eye(n))
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
             getattr(exact, name).load_state_dict(getattr(m, name).state_dict())
     x = torch.randn(2, n, D, dtype=torch.float64)
@@ -75,7 +54,7 @@ def test_identity_projection_is_exact_attention():
 
 
 def test_k_larger_than_n_and_short_inputs():
-    m = build(k=20, max_len=12)
+    m = build(projected_length=20, max_len=12)
     for n in (1, 3, 12):
         x = torch.randn(2, n, D, dtype=torch.float64)
         assert (m(x) - naive(m, x)).abs().max() < 1e-12
@@ -84,24 +63,22 @@ def test_k_larger_than_n_and_short_inputs():
 def paired(k: int, max_len: int, share_kv: bool = False):
     """Our mixer and a ``linformer.LinformerSelfAttention`` holding the same weights.
 
-    The package has no q/k/v bias and a biased output map: ours is built with
-    ``bias=True`` and its q/k/v biases are zeroed. With ``share_kv`` the package
+    The package has no q/k/v bias and a biased output map, as ours with
+    ``qkv_bias=False, out_bias=True``. With ``share_kv`` the package
     also reuses ``to_k`` for the values, so our ``v_proj`` is set equal to ``k_proj``.
     """
     lf = pytest.importorskip("linformer")
-    m = build(k=k, max_len=max_len, share_kv=share_kv)
+    m = build(projected_length=k, max_len=max_len, share_kv=share_kv, qkv_bias=False)
     peer = lf.LinformerSelfAttention(dim=D, seq_len=max_len, k=k, heads=H, share_kv=share_kv).double().eval()
     with torch.no_grad():
-        for name in ("q_proj", "k_proj", "v_proj"):
-            getattr(m, name).bias.zero_()
         if share_kv:
             m.v_proj.weight.copy_(m.k_proj.weight)
         else:
             peer.to_v.weight.copy_(m.v_proj.weight)
-            peer.proj_v.copy_(m.proj_v)
+            peer.proj_v.copy_(m.value_length_proj)
         peer.to_q.weight.copy_(m.q_proj.weight)
         peer.to_k.weight.copy_(m.k_proj.weight)
-        peer.proj_k.copy_(m.proj_k)
+        peer.proj_k.copy_(m.key_length_proj)
         peer.to_out.weight.copy_(m.out_proj.weight)
         peer.to_out.bias.copy_(m.out_proj.bias)
     return m, peer
@@ -151,12 +128,13 @@ def test_max_len_and_refusals():
     m = build(max_len=12)
     assert m.capabilities.max_len == 12 and m.max_len == 12
     assert wersa.capabilities("linformer").max_len == 4096  # the class default
+    assert wersa.capabilities("linformer", max_len=12) == m.capabilities  # per instance
     assert m(torch.randn(1, 12, D, dtype=torch.float64)).shape == (1, 12, D)
     with pytest.raises(ValueError, match="linformer: sequence length 13 exceeds .*max_len=12"):
         m(torch.randn(1, 13, D, dtype=torch.float64))
     with pytest.raises(ValueError, match="linformer has no causal form"):
         wersa.build_mixer("linformer", dim=D, num_heads=H, causal=True)
-    for bad in ({"k": 0}, {"max_len": -1}, {"k": 2.5}, {"dropout": 1.5}):
+    for bad in ({"projected_length": 0}, {"max_len": -1}, {"projected_length": 2.5}, {"dropout": 1.5}):
         with pytest.raises(ValueError, match="linformer"):
             wersa.build_mixer("linformer", dim=D, num_heads=H, **bad)
     with pytest.raises(ValueError, match="recurrent"):
@@ -165,8 +143,8 @@ def test_max_len_and_refusals():
 
 def test_default_init_dtypes_and_grads():
     m = wersa.build_mixer("linformer", dim=D, num_heads=H)
-    assert m.proj_k.shape == (4096, 256)
-    assert m.proj_k.abs().max() <= 1 / math.sqrt(256)
+    assert m.key_length_proj.shape == (4096, 256)
+    assert m.key_length_proj.abs().max() <= 1 / math.sqrt(256)
     for dtype in (torch.float32, torch.bfloat16):
         mm = build(dtype=dtype)
         x = torch.randn(2, 7, D, dtype=dtype, requires_grad=True)
@@ -175,4 +153,18 @@ def test_default_init_dtypes_and_grads():
         y = mm(x, attention_mask=mask)
         assert y.dtype == dtype and torch.isfinite(y).all()
         y.float().sum().backward()
-        assert torch.isfinite(x.grad).all() and torch.isfinite(mm.proj_k.grad).all()
+        assert torch.isfinite(x.grad).all() and torch.isfinite(mm.key_length_proj.grad).all()
+
+
+def test_old_option_names_and_checkpoints_still_work():
+    """0.1.0 named the projected length ``k``, one ``bias`` flag, and ``proj_k``/``proj_v``."""
+    with pytest.warns(FutureWarning, match="'k' is now called 'projected_length'"):
+        old = wersa.build_mixer("linformer", dim=D, num_heads=H, k=5, max_len=12, bias=True)
+    assert old.projected_length == 5 and old.q_proj.bias is not None and old.out_proj.bias is not None
+    state = {key.replace("key_length_proj", "proj_k").replace("value_length_proj", "proj_v"): v
+             for key, v in old.state_dict().items()}
+    assert "proj_k" in state and "key_length_proj" not in state
+    new = build(dtype=torch.float32)
+    new.load_state_dict(state)
+    assert torch.equal(new.key_length_proj, old.key_length_proj)
+    assert torch.equal(new.value_length_proj, old.value_length_proj)

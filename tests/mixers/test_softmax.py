@@ -15,7 +15,7 @@ D, H = 16, 2
 
 def build(causal: bool = False, dtype=torch.float64, **opts) -> SoftmaxAttention:
     torch.manual_seed(0)
-    m = wersa.build_mixer("softmax", dim=D, num_heads=H, causal=causal, bias=True, **opts)
+    m = wersa.build_mixer("softmax", dim=D, num_heads=H, causal=causal, qkv_bias=True, out_bias=True, **opts)
     return m.to(dtype).eval()
 
 

@@ -84,7 +84,8 @@ class Mixer(nn.Module):
     capabilities: ClassVar[Capabilities]
     check_finite: bool = True  # set False to skip the NaN/Inf scan of the input
     # Names changed since 0.1.0, old -> new (listed in CHANGELOG.md). The registry maps
-    # old option names with a FutureWarning; old state-dict key prefixes load as the new.
+    # old option names with a FutureWarning (an old name may map to a tuple of new names
+    # that all take its value); old state-dict key prefixes load as the new ones.
     renamed_options: ClassVar[dict[str, str]] = {}
     renamed_parameters: ClassVar[dict[str, str]] = {}
 

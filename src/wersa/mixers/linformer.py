@@ -1,8 +1,9 @@
 """Linformer: softmax attention over keys and values projected along the sequence.
 
 Wang et al., "Linformer: Self-Attention with Linear Complexity", arXiv 2006.04768.
-Keys and values are compressed from ``N`` rows to ``k`` rows by learned
-projections ``E, F`` of shape ``(max_len, k)``; per head (``d = dim / num_heads``)::
+Keys and values are compressed from ``N`` rows to ``k`` rows (``projected_length``) by
+learned projections ``E, F`` of shape ``(max_len, k)`` (parameters ``key_length_proj``,
+``value_length_proj``); per head (``d = dim / num_heads``)::
 
     Q = x W_q,  K = x W_k,  V = x W_v                     (B, H, N, d)
     K~ = E[:N]^T K,  V~ = F[:N]^T V                       (B, H, k, d)
@@ -10,15 +11,20 @@ projections ``E, F`` of shape ``(max_len, k)``; per head (``d = dim / num_heads`
 
 Time O(N k d), memory O(N k) per head instead of O(N^2).
 
-Defaults and options: ``k=256`` (the paper's and the reference code's default),
+Defaults and options: ``projected_length=256`` (the paper's ``k``; its and the reference
+code's default),
 ``max_len=4096`` (rows of ``E``/``F``; longer inputs raise a ``ValueError``,
 shorter ones use the first ``N`` rows, as in the reference code), ``share_kv=False``
 (``True``: ``F = E``, the paper's key-value sharing; the key and value *linear
 maps* stay separate), ``dropout=0.0`` on the attention weights (training only),
-``bias=False`` for the four linear maps. ``E``/``F`` are initialised
-``U(-1/sqrt(k), 1/sqrt(k))`` like the reference. ``k > N`` is allowed (``k``
-projected rows built from ``N`` keys). The instance's ``capabilities.max_len`` is
-its own ``max_len``; the class-level value is the default.
+``qkv_bias=False`` / ``out_bias=False`` for the linear maps (the reference code: no q/k/v
+bias, a biased output map). ``E``/``F`` are initialised ``U(-1/sqrt(k), 1/sqrt(k))`` like the
+reference. ``k > N`` is allowed (``k`` projected rows built from ``N`` keys). The instance's
+capabilities report its own ``max_len`` (``wersa.capabilities("linformer", max_len=...)``
+agrees); the class-level value is the default.
+
+Naive reference: :func:`linformer_reference`, one sequence at a time on its real tokens
+only, with explicit loops over heads.
 
 No causal form: every projected key mixes all positions, future included, so
 ``causal=True`` is refused.
@@ -45,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.heads import compute_dtype, merge_heads, split_heads
 from .base import Capabilities, Mixer
 from .registry import register_mixer
 
@@ -63,11 +70,12 @@ class LinformerAttention(Mixer):
         dim: model width ``D``.
         num_heads: heads ``H`` (``D % H == 0``).
         causal: must be False (no causal form).
-        k: projected length.
+        projected_length: ``k``, the rows keys and values are projected to.
         max_len: longest accepted sequence (rows of ``E``/``F``).
         share_kv: use one projection for keys and values (``F = E``).
         dropout: dropout on the attention weights (training only).
-        bias: bias in the q/k/v/out linear maps.
+        qkv_bias: bias in the q/k/v linear maps.
+        out_bias: bias in the output map ``out_proj``.
     """
 
     capabilities = Capabilities(
@@ -85,30 +93,43 @@ class LinformerAttention(Mixer):
         reference="Wang et al., Linformer: Self-Attention with Linear Complexity, arXiv 2006.04768",
     )
 
+    renamed_options = {"k": "projected_length", "bias": ("qkv_bias", "out_bias")}
+    renamed_parameters = {"proj_k": "key_length_proj", "proj_v": "value_length_proj"}
+
+    @classmethod
+    def capabilities_for(cls, causal: bool = False, **options) -> Capabilities:
+        # the base class enforces the instance's max_len
+        return dataclasses.replace(cls.capabilities, max_len=options.get("max_len", cls.capabilities.max_len))
+
     def __init__(self, dim: int, num_heads: int, causal: bool = False, *,
-                 k: int = 256, max_len: int = 4096, share_kv: bool = False,
-                 dropout: float = 0.0, bias: bool = False):
+                 projected_length: int = 256, max_len: int = 4096, share_kv: bool = False,
+                 dropout: float = 0.0, qkv_bias: bool = False, out_bias: bool = False):
         super().__init__(dim, num_heads, causal)
-        self.k = _positive_int("k", k)
+        self.projected_length = _positive_int("projected_length", projected_length)
         max_len = _positive_int("max_len", max_len)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"linformer: dropout must be a float in [0, 1), got {dropout!r}")
-        # per-instance capabilities: the base class enforces self.capabilities.max_len
-        self.capabilities = dataclasses.replace(type(self).capabilities, max_len=max_len)
+        self.capabilities = type(self).capabilities_for(causal=causal, max_len=max_len)
         self.share_kv = bool(share_kv)
         self.dropout_p = float(dropout)
-        self.bias = bool(bias)
-        self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.k_proj = nn.Linear(dim, dim, bias=bias)
-        self.v_proj = nn.Linear(dim, dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
-        bound = 1.0 / math.sqrt(self.k)
-        self.proj_k = nn.Parameter(torch.empty(max_len, self.k).uniform_(-bound, bound))  # E
+        self.qkv_bias, self.out_bias = bool(qkv_bias), bool(out_bias)
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
+        k = self.projected_length
+        bound = 1.0 / math.sqrt(k)
+        self.key_length_proj = nn.Parameter(torch.empty(max_len, k).uniform_(-bound, bound))  # E
         if self.share_kv:
-            self.register_parameter("proj_v", None)
+            self.register_parameter("value_length_proj", None)
         else:
-            self.proj_v = nn.Parameter(torch.empty(max_len, self.k).uniform_(-bound, bound))  # F
+            self.value_length_proj = nn.Parameter(torch.empty(max_len, k).uniform_(-bound, bound))  # F
         self.scale = 1.0 / math.sqrt(self.head_dim)
+
+    def length_projections(self, n: int) -> tuple[Tensor, Tensor]:
+        """``E[:n], F[:n]``: ``(n, k)`` each (``F = E`` with ``share_kv``)."""
+        e = self.key_length_proj[:n]
+        return e, (e if self.share_kv else self.value_length_proj[:n])
 
     def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """x: ``(B, N, D)``; mask: ``(B, N)`` bool or None -> ``(B, N, D)``."""
@@ -125,22 +146,44 @@ class LinformerAttention(Mixer):
             idx = order.unsqueeze(-1).expand(batch, n, dim)
             keys = (keys * keep).gather(1, idx)
             values = (values * keep).gather(1, idx)
-        e = self.proj_k[:n].to(x.dtype)
-        f = e if self.share_kv else self.proj_v[:n].to(x.dtype)
+        e, f = (p.to(x.dtype) for p in self.length_projections(n))
         keys = torch.einsum("bnc,nk->bkc", keys, e)      # (B, k, D)
         values = torch.einsum("bnc,nk->bkc", values, f)  # (B, k, D)
 
-        q = q.view(batch, n, h, d).transpose(1, 2)                 # (B, H, N, d)
-        keys = keys.view(batch, self.k, h, d).transpose(1, 2)      # (B, H, k, d)
-        values = values.view(batch, self.k, h, d).transpose(1, 2)  # (B, H, k, d)
-        scores = (q @ keys.transpose(-1, -2)) * self.scale          # (B, H, N, k)
-        work = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
-        weights = torch.softmax(scores.to(work), dim=-1)
+        q, keys, values = (split_heads(t, h) for t in (q, keys, values))  # (B, H, N|k, d)
+        scores = (q @ keys.transpose(-1, -2)) * self.scale                # (B, H, N, k)
+        weights = torch.softmax(scores.to(compute_dtype(scores.dtype)), dim=-1)
         if self.training and self.dropout_p > 0:
             weights = F.dropout(weights, p=self.dropout_p)
-        out = weights.to(values.dtype) @ values                     # (B, H, N, d)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, n, dim))
+        out = weights.to(values.dtype) @ values                           # (B, H, N, d)
+        return self.out_proj(merge_heads(out))
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, k={self.k}, max_len={self.capabilities.max_len}, "
-                f"share_kv={self.share_kv}, dropout={self.dropout_p}, bias={self.bias}")
+        return (f"{super().extra_repr()}, projected_length={self.projected_length}, "
+                f"max_len={self.capabilities.max_len}, share_kv={self.share_kv}, dropout={self.dropout_p}, "
+                f"qkv_bias={self.qkv_bias}, out_bias={self.out_bias}")
+
+
+def linformer_reference(mixer: LinformerAttention, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The Linformer formula evaluated naively, one sequence and one head at a time.
+
+    Each sequence's real tokens (in order) are taken alone: real token ``i`` meets row ``i``
+    of ``E``/``F``, padded positions get 0. ``x``: ``(B, N, D)``; ``mask``: ``(B, N)`` or None.
+    Inference form (no dropout).
+    """
+    batch, n, _ = x.shape
+    d = mixer.head_dim
+    out = torch.zeros_like(x)
+    for b in range(batch):
+        real = torch.arange(n) if mask is None else mask[b].nonzero().flatten()
+        xs = x[b, real]                                            # (n_b, D)
+        e, f = mixer.length_projections(len(real))
+        q, keys, values = mixer.q_proj(xs), mixer.k_proj(xs), mixer.v_proj(xs)
+        heads = []
+        for h in range(mixer.num_heads):
+            cols = slice(h * d, (h + 1) * d)
+            k_bar = e.T.to(x.dtype) @ keys[:, cols]                # (k, d)
+            v_bar = f.T.to(x.dtype) @ values[:, cols]              # (k, d)
+            heads.append(torch.softmax(q[:, cols] @ k_bar.T / math.sqrt(d), dim=-1) @ v_bar)
+        out[b, real] = mixer.out_proj(torch.cat(heads, dim=-1))
+    return out

@@ -87,11 +87,15 @@ def renamed_options(name: str, options: dict) -> dict:
     out = dict(options)
     for old, new in renames.items():
         if old in out:
-            if new in out:
-                raise ValueError(f"{name}: option {old!r} was renamed {new!r}; pass only {new!r}")
-            warnings.warn(f"{name}: option {old!r} is now called {new!r} (see CHANGELOG.md)",
-                          FutureWarning, stacklevel=3)
-            out[new] = out.pop(old)
+            targets = (new,) if isinstance(new, str) else tuple(new)  # one old name may become several
+            clash = [t for t in targets if t in out]
+            if clash:
+                raise ValueError(f"{name}: option {old!r} was renamed {' / '.join(map(repr, targets))}; "
+                                 f"pass only {' / '.join(map(repr, clash))}")
+            warnings.warn(f"{name}: option {old!r} is now called {' / '.join(map(repr, targets))} "
+                          f"(see CHANGELOG.md)", FutureWarning, stacklevel=3)
+            value = out.pop(old)
+            out.update({t: value for t in targets})
     return out
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.heads import merge_heads, split_heads
 from .base import Capabilities, Mixer
 from .registry import register_mixer
 
@@ -31,7 +32,8 @@ class SDPA(Mixer):
 
     Args:
         dropout: attention dropout in training mode.
-        bias: add biases to the projections.
+        qkv_bias: bias of the fused q/k/v projection ``qkv``.
+        out_bias: bias of the output projection ``out_proj``.
     """
 
     capabilities = Capabilities(
@@ -47,22 +49,25 @@ class SDPA(Mixer):
         reference="Vaswani et al. 2017; Dao, FlashAttention-2, arXiv 2307.08691",
     )
 
-    def __init__(self, dim: int, num_heads: int, causal: bool = False, *, dropout: float = 0.0, bias: bool = False):
+    renamed_options = {"bias": ("qkv_bias", "out_bias")}
+    renamed_parameters = {"out.": "out_proj."}
+
+    def __init__(self, dim: int, num_heads: int, causal: bool = False, *, dropout: float = 0.0,
+                 qkv_bias: bool = False, out_bias: bool = False):
         super().__init__(dim, num_heads, causal)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"sdpa: dropout must be in [0, 1), got {dropout!r}")
         self.dropout = dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.out = nn.Linear(dim, dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return q, k, v  # each (B, H, N, d)
+        """``(B, N, D) -> 3 x (B, H, N, d)``."""
+        return tuple(split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
 
     def _merge(self, y: Tensor) -> Tensor:
-        b, h, n, d = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, n, h * d))
+        """``(B, H, N, d) -> (B, N, D)`` through ``out_proj``."""
+        return self.out_proj(merge_heads(y))
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         p = self.dropout if self.training else 0.0

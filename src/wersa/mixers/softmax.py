@@ -39,7 +39,7 @@ and later queries never see it. :meth:`prefill` fills the cache from a prompt in
 one parallel pass.
 
 Options: ``dropout=0.0`` (on the attention weights, training only),
-``bias=False`` (bias of the four projections).
+``qkv_bias=False`` (bias of the q/k/v projections), ``out_bias=False`` (of ``out_proj``).
 Cost: O(N^2 d) time and O(H N^2) memory per batch element.
 """
 
@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.heads import compute_dtype, merge_heads, split_heads
 from ..ops.softmax_attention import attention_bias
 from .base import Capabilities, Mixer
 from .registry import register_mixer
@@ -66,7 +67,8 @@ class SoftmaxAttention(Mixer):
         num_heads: heads ``H`` (``D % H == 0``).
         causal: autoregressive form (bottom-right aligned).
         dropout: dropout probability on the attention weights (training only).
-        bias: bias in the q/k/v/out projections.
+        qkv_bias: bias in the q/k/v projections.
+        out_bias: bias in the output projection.
     """
 
     capabilities = Capabilities(
@@ -83,25 +85,22 @@ class SoftmaxAttention(Mixer):
         reference="Vaswani et al., Attention Is All You Need, arXiv 1706.03762",
     )
 
+    renamed_options = {"bias": ("qkv_bias", "out_bias")}
+
     def __init__(self, dim: int, num_heads: int, causal: bool = False, *,
-                 dropout: float = 0.0, bias: bool = False):
+                 dropout: float = 0.0, qkv_bias: bool = False, out_bias: bool = False):
         super().__init__(dim, num_heads, causal)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"softmax: dropout must be a float in [0, 1), got {dropout!r}")
         self.dropout_p = float(dropout)
-        self.bias = bool(bias)
-        self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.k_proj = nn.Linear(dim, dim, bias=bias)
-        self.v_proj = nn.Linear(dim, dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.qkv_bias, self.out_bias = bool(qkv_bias), bool(out_bias)
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
     # ----------------------------------------------------------------- helpers
-    def _heads(self, t: Tensor) -> Tensor:
-        """``(B, N, D) -> (B, H, N, d)``."""
-        b, n, _ = t.shape
-        return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool,
                 key_mask: Tensor | None) -> Tensor:
         """Masked softmax attention. q: ``(B, H, N, d)``; k, v: ``(B, H, M, d)``;
@@ -109,7 +108,7 @@ class SoftmaxAttention(Mixer):
         """
         scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, H, N, M)
         # half precision: exponentiate and normalise in float32
-        work = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
+        work = compute_dtype(scores.dtype)
         scores = scores.to(work)
         allowed = attention_bias(q.shape[-2], k.shape[-2], causal=causal, key_mask=key_mask,
                                  device=q.device, dtype=work)
@@ -121,12 +120,12 @@ class SoftmaxAttention(Mixer):
             weights = weights * allowed.to(work)
         if self.training and self.dropout_p > 0:
             weights = F.dropout(weights, p=self.dropout_p)
-        out = weights.to(v.dtype) @ v  # (B, H, N, d)
-        b, _, n, _ = out.shape
-        return out.transpose(1, 2).reshape(b, n, self.dim)
+        return merge_heads(weights.to(v.dtype) @ v)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        """``(B, N, D) -> 3 x (B, H, N, d)``."""
+        h = self.num_heads
+        return split_heads(self.q_proj(x), h), split_heads(self.k_proj(x), h), split_heads(self.v_proj(x), h)
 
     # ----------------------------------------------------------------- forward
     def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -190,4 +189,4 @@ class SoftmaxAttention(Mixer):
         return y, state
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, dropout={self.dropout_p}, bias={self.bias}"
+        return f"{super().extra_repr()}, dropout={self.dropout_p}, qkv_bias={self.qkv_bias}, out_bias={self.out_bias}"
