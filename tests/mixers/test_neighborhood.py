@@ -5,27 +5,11 @@ import pytest
 import torch
 
 import wersa
-from wersa.mixers.neighborhood import neighborhood_mask_2d, neighborhood_window
+from wersa.mixers.neighborhood import (
+    neighborhood_mask_2d, neighborhood_reference, neighborhood_window, window_mask_reference as formula_mask,
+)
 
 D, H = 16, 2
-
-
-def formula_mask(n, k, r=1, causal=False):
-    """Dense (n, n) allowed[i, j] from the NATTEN formula, with plain Python integers."""
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        g, p = i % r, i // r
-        G = len(range(g, n, r))
-        for j in range(g, n, r):
-            c = j // r
-            if causal:
-                ok = 0 <= p - c < k
-            else:
-                ke = min(k, G)
-                start = min(max(p - k // 2, 0), G - ke)
-                ok = start <= c < start + ke
-            allowed[i, j] = ok
-    return allowed
 
 
 def window_as_dense(n, k, r, causal):
@@ -66,23 +50,15 @@ def test_formula_properties():
     assert formula_mask(12, 3, 2, causal=True)[9].nonzero().flatten().tolist() == [5, 7, 9]
 
 
-def dense_reference(m, x, allowed):
-    B, N, _ = x.shape
-    q, k, v = m.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)
-    s = (q @ k.transpose(-1, -2)) / math.sqrt(D // H)
-    o = s.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
-    return m.out_proj(o.transpose(1, 2).reshape(B, N, D))
-
-
 @pytest.mark.parametrize("n,k,r", CASES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_mixer_matches_dense_masked_softmax(n, k, r, causal):
     torch.manual_seed(0)
     m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=causal,
-                          kernel_size=k, dilation=r).double()
+                          window_size=k, dilation=r).double()
     x = torch.randn(2, n, D, dtype=torch.float64, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)
-    y, ref = m(x), dense_reference(m, x2, formula_mask(n, k, r, causal))
+    y, ref = m(x), neighborhood_reference(m, x2)
     torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-10)
     g = torch.randn_like(y)
     torch.testing.assert_close(torch.autograd.grad((y * g).sum(), x)[0],
@@ -93,11 +69,9 @@ def test_2d_matches_dense():
     Hh, Ww, (kh, kw), (rh, rw) = 5, 6, (3, 4), (1, 2)
     torch.manual_seed(0)
     m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, image_size=(Hh, Ww),
-                          kernel_size=(kh, kw), dilation=(rh, rw)).double()
-    mr, mc = formula_mask(Hh, kh, rh), formula_mask(Ww, kw, rw)
-    allowed = (mr[:, None, :, None] & mc[None, :, None, :]).reshape(Hh * Ww, Hh * Ww)
+                          window_size=(kh, kw), dilation=(rh, rw)).double()
     x = torch.randn(2, Hh * Ww, D, dtype=torch.float64)
-    torch.testing.assert_close(m(x), dense_reference(m, x, allowed))
+    torch.testing.assert_close(m(x), neighborhood_reference(m, x))
     idx, valid = neighborhood_mask_2d((Hh, Ww), (kh, kw), (rh, rw))
     # columns: groups of 3 tokens, so kw = 4 is clamped to 3 keys per axis
     assert idx.shape == (Hh * Ww, kh * kw) and (valid.sum(-1) == kh * 3).all()
@@ -106,7 +80,7 @@ def test_2d_matches_dense():
 @pytest.mark.parametrize("k,r", [(5, 1), (4, 2), (3, 3)])
 def test_step_equals_parallel(k, r):
     torch.manual_seed(0)
-    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=True, kernel_size=k, dilation=r).double()
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=True, window_size=k, dilation=r).double()
     x = torch.randn(2, 14, D, dtype=torch.float64)
     mask = torch.ones(2, 14, dtype=torch.bool)
     mask[1, :3] = False
@@ -121,13 +95,14 @@ def test_step_equals_parallel(k, r):
 def test_padding_any_pattern(causal):
     """Windows are computed over each row's real tokens: right/left/inner padding invariant."""
     torch.manual_seed(0)
-    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=causal, kernel_size=4, dilation=2).double()
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=causal, window_size=4, dilation=2).double()
     x = torch.randn(3, 13, D, dtype=torch.float64)
     mask = torch.ones(3, 13, dtype=torch.bool)
     mask[0, 9:] = False
     mask[1, :5] = False
     mask[2, [2, 3, 7]] = False
     y = m(x, attention_mask=mask)
+    torch.testing.assert_close(y, neighborhood_reference(m, x, mask))
     for b in range(3):
         torch.testing.assert_close(y[b, mask[b]], m(x[b : b + 1, mask[b]])[0])
         assert torch.all(y[b, ~mask[b]] == 0)
@@ -137,7 +112,7 @@ def test_padding_any_pattern(causal):
 @pytest.mark.parametrize("causal", [False, True])
 def test_dtypes_lengths_and_grads_finite(dtype, causal):
     torch.manual_seed(0)
-    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=causal, kernel_size=5).to(dtype)
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=causal, window_size=5).to(dtype)
     for n in (1, 2, 9):
         x = torch.randn(2, n, D, dtype=dtype, requires_grad=True)
         y = m(x)
@@ -147,12 +122,12 @@ def test_dtypes_lengths_and_grads_finite(dtype, causal):
 
 
 def test_defaults_and_errors():
-    assert wersa.build_mixer("neighborhood", dim=D, num_heads=H).kernel_size == 31
-    assert wersa.build_mixer("neighborhood", dim=D, num_heads=H, image_size=(4, 4)).kernel_size == (7, 7)
+    assert wersa.build_mixer("neighborhood", dim=D, num_heads=H).window_size == 31
+    assert wersa.build_mixer("neighborhood", dim=D, num_heads=H, image_size=(4, 4)).window_size == (7, 7)
     with pytest.raises(ValueError, match="neighborhood"):
-        wersa.build_mixer("neighborhood", dim=D, num_heads=H, kernel_size=0)
+        wersa.build_mixer("neighborhood", dim=D, num_heads=H, window_size=0)
     with pytest.raises(ValueError, match="neighborhood"):
-        wersa.build_mixer("neighborhood", dim=D, num_heads=H, kernel_size=(3, 3))
+        wersa.build_mixer("neighborhood", dim=D, num_heads=H, window_size=(3, 3))
     with pytest.raises(ValueError, match="bidirectional only"):
         wersa.build_mixer("neighborhood", dim=D, num_heads=H, causal=True, image_size=(4, 4))
     m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, image_size=(4, 4))
@@ -160,3 +135,9 @@ def test_defaults_and_errors():
         m(torch.randn(1, 15, D))
     with pytest.raises(ValueError, match="no padding mask"):
         m(torch.randn(1, 16, D), attention_mask=torch.arange(16).view(1, 16) < 10)
+
+
+def test_old_option_names_still_work():
+    with pytest.warns(FutureWarning, match="'kernel_size' is now called 'window_size'"):
+        m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, kernel_size=5, bias=False)
+    assert m.window_size == 5 and m.qkv.bias is None and m.out_proj.bias is None

@@ -5,8 +5,8 @@ Cost of Self Attention at the Threadblock Level", NeurIPS 2024, arXiv 2403.04690
 (and Hassani et al., "Neighborhood Attention Transformer", CVPR 2023). Window
 semantics follow NATTEN (``SHI-Labs/NATTEN``, ``backends/flex.py::get_na_flex_mask``).
 
-Kernel size ``k`` = the number of keys a query attends to, itself included (the
-library's one definition of "window"). Per head, ``d = D / H``::
+Window size ``k`` (option ``window_size``) = the number of keys a query attends to,
+itself included (the library's one definition of "window"; NATTEN calls it ``kernel_size``). Per head, ``d = D / H``::
 
     y_i = softmax_j(q_i . k_j / sqrt(d)) v_j   over the window W(i),  then W_out
 
@@ -34,7 +34,7 @@ its unpadded sequence, for right, left or inner padding: "shifted window" means
 shifted at the borders of the *real* tokens, never into padding.
 
 2-D (``image_size=(Hh, Ww)``, input ``(B, Hh*Ww, D)`` in row-major order): the 1-D
-rule per axis, AND-combined, ``k_h x k_w`` keys per query (``kernel_size`` and
+rule per axis, AND-combined, ``k_h x k_w`` keys per query (``window_size`` and
 ``dilation`` may be ints or ``(h, w)`` pairs). The 2-D form is bidirectional and
 takes no padding mask (a ``ValueError`` says so).
 
@@ -46,13 +46,17 @@ Implementation: the key/value windows are gathered into ``(B, N, k, H, d)``
 trains on CPU (NATTEN's CPU path, Flex attention, has no backward). Softmax in
 float32 for half-precision inputs.
 
-Options: ``kernel_size=None`` (31 in 1-D, for long sequences; 7 per axis in 2-D,
-NATTEN's usual image size), ``dilation=1``, ``image_size=None``, ``bias=True``
-(projections, as NATTEN's modules).
+Options: ``window_size=None`` (31 in 1-D, for long sequences; 7 per axis in 2-D,
+NATTEN's usual image size), ``dilation=1``, ``image_size=None``, ``qkv_bias=True`` and
+``out_bias=True`` (projections, as NATTEN's modules).
+
+Naive reference: :func:`neighborhood_reference`, dense ``N x N`` masked softmax with the
+window written out with plain Python integers (:func:`window_mask_reference`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -62,12 +66,12 @@ from ..ops.compaction import compaction, gather_tokens
 from .base import Capabilities, Mixer
 from .registry import register_mixer
 
-DEFAULT_KERNEL_1D = 31
-DEFAULT_KERNEL_2D = 7
+DEFAULT_WINDOW_1D = 31
+DEFAULT_WINDOW_2D = 7
 
 
 def neighborhood_window(
-    pos: Tensor, length: Tensor, kernel_size: int, dilation: int = 1, causal: bool = False,
+    pos: Tensor, length: Tensor, window_size: int, dilation: int = 1, causal: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Key positions of each query's window (see the module docstring).
 
@@ -79,7 +83,7 @@ def neighborhood_window(
         ``idx`` ``pos.shape + (k,)`` key positions (invalid slots point at the query),
         ``valid`` bool of the same shape.
     """
-    k, r = kernel_size, dilation
+    k, r = window_size, dilation
     pos, length = torch.broadcast_tensors(pos, length)
     g = pos % r
     p = pos // r
@@ -122,11 +126,11 @@ def windowed_attention(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, valid: Tens
 
 
 def neighborhood_mask_2d(
-    image_size: tuple[int, int], kernel_size: tuple[int, int], dilation: tuple[int, int],
+    image_size: tuple[int, int], window_size: tuple[int, int], dilation: tuple[int, int],
     device=None,
 ) -> tuple[Tensor, Tensor]:
     """``(idx, valid)`` of shape ``(H*W, k_h*k_w)`` for 2-D NA (row-major tokens)."""
-    (Hh, Ww), (kh, kw), (rh, rw) = image_size, kernel_size, dilation
+    (Hh, Ww), (kh, kw), (rh, rw) = image_size, window_size, dilation
     ir, vr = neighborhood_window(torch.arange(Hh, device=device), torch.tensor(Hh, device=device), kh, rh)
     ic, vc = neighborhood_window(torch.arange(Ww, device=device), torch.tensor(Ww, device=device), kw, rw)
     idx = ir[:, None, :, None] * Ww + ic[None, :, None, :]  # (Hh, Ww, kh, kw)
@@ -148,11 +152,12 @@ class NeighborhoodAttention(Mixer):
     Args:
         dim: model width ``D``.
         num_heads: heads ``H``.
-        causal: the ``kernel_size`` most recent keys of the dilation group, self included.
-        kernel_size: keys per query (per axis in 2-D); ``None``: 31 (1-D) or 7 (2-D).
+        causal: the ``window_size`` most recent keys of the dilation group, self included.
+        window_size: keys per query (per axis in 2-D); ``None``: 31 (1-D) or 7 (2-D).
         dilation: gap between window keys (per axis in 2-D).
         image_size: ``(H, W)`` for a 2-D input ``(B, H*W, D)``; ``None`` = 1-D.
-        bias: bias of the q/k/v/out projections.
+        qkv_bias: bias of the fused q/k/v projection.
+        out_bias: bias of ``out_proj``.
     """
 
     capabilities = Capabilities(
@@ -168,18 +173,20 @@ class NeighborhoodAttention(Mixer):
         reference="Hassani et al., Faster Neighborhood Attention, NeurIPS 2024, arXiv 2403.04690",
     )
 
+    renamed_options = {"kernel_size": "window_size", "bias": ("qkv_bias", "out_bias")}
+
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
-        kernel_size: int | tuple[int, int] | None = None, dilation: int | tuple[int, int] = 1,
-        image_size: tuple[int, int] | None = None, bias: bool = True,
+        window_size: int | tuple[int, int] | None = None, dilation: int | tuple[int, int] = 1,
+        image_size: tuple[int, int] | None = None, qkv_bias: bool = True, out_bias: bool = True,
     ):
         super().__init__(dim, num_heads, causal)
         if image_size is None:
-            k = DEFAULT_KERNEL_1D if kernel_size is None else kernel_size
-            for name, val in (("kernel_size", k), ("dilation", dilation)):
+            k = DEFAULT_WINDOW_1D if window_size is None else window_size
+            for name, val in (("window_size", k), ("dilation", dilation)):
                 if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
                     raise ValueError(f"neighborhood: {name} must be a positive integer in 1-D, got {val!r}")
-            self.kernel_size: Any = k
+            self.window_size: Any = k
             self.dilation: Any = dilation
             self.image_size = None
         else:
@@ -187,15 +194,15 @@ class NeighborhoodAttention(Mixer):
                 raise ValueError("neighborhood: the 2-D form (image_size) is bidirectional only; "
                                  "use causal=False or a 1-D sequence")
             self.image_size = _pair(image_size, "image_size")
-            self.kernel_size = _pair(DEFAULT_KERNEL_2D if kernel_size is None else kernel_size, "kernel_size")
+            self.window_size = _pair(DEFAULT_WINDOW_2D if window_size is None else window_size, "window_size")
             self.dilation = _pair(dilation, "dilation")
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
 
     @property
     def span(self) -> int:
         """Tokens a causal 1-D query reaches back over, itself included: ``(k-1) r + 1``."""
-        return (self.kernel_size - 1) * self.dilation + 1
+        return (self.window_size - 1) * self.dilation + 1
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, N, D) -> 3 x (B, N, H, d)``."""
@@ -212,7 +219,7 @@ class NeighborhoodAttention(Mixer):
             if mask is not None:
                 raise ValueError("neighborhood: the 2-D form (image_size) takes no padding mask; "
                                  "images have no padded pixels")
-            idx, valid = neighborhood_mask_2d(self.image_size, self.kernel_size, self.dilation, x.device)
+            idx, valid = neighborhood_mask_2d(self.image_size, self.window_size, self.dilation, x.device)
             q, k, v = self._qkv(x)
             o = windowed_attention(q, k, v, idx.unsqueeze(0), valid.unsqueeze(0))
             return self.out_proj(o.reshape(B, N, D))
@@ -227,7 +234,7 @@ class NeighborhoodAttention(Mixer):
             # Padded slots (after compaction, at the end) get windows over the whole row so
             # that no softmax row is empty; their outputs are discarded.
             length = torch.where(pos < L, L, torch.full_like(L, N))
-        idx, valid = neighborhood_window(pos, length, self.kernel_size, self.dilation, self.causal)
+        idx, valid = neighborhood_window(pos, length, self.window_size, self.dilation, self.causal)
         q, k, v = self._qkv(x)
         o = windowed_attention(q, k, v, idx, valid)
         y = self.out_proj(o.reshape(B, N, D))
@@ -259,5 +266,48 @@ class NeighborhoodAttention(Mixer):
 
     def extra_repr(self) -> str:
         extra = f", image_size={self.image_size}" if self.image_size is not None else ""
-        return (f"{super().extra_repr()}, kernel_size={self.kernel_size}, "
+        return (f"{super().extra_repr()}, window_size={self.window_size}, "
                 f"dilation={self.dilation}{extra}")
+
+
+# ----------------------------------------------------------------- naive reference
+def window_mask_reference(n: int, window_size: int, dilation: int = 1, causal: bool = False) -> Tensor:
+    """Dense ``(n, n)`` bool: may query ``i`` see key ``j``? The window rule of the module
+    docstring written out with plain Python integers."""
+    k, r = window_size, dilation
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        g, p = i % r, i // r
+        group_len = len(range(g, n, r))
+        for j in range(g, n, r):
+            c = j // r
+            if causal:
+                allowed[i, j] = 0 <= p - c < k
+            else:
+                k_eff = min(k, group_len)
+                start = min(max(p - k // 2, 0), group_len - k_eff)
+                allowed[i, j] = start <= c < start + k_eff
+    return allowed
+
+
+def neighborhood_reference(mixer: NeighborhoodAttention, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Neighbourhood attention as dense masked softmax, one sequence at a time on its real
+    tokens (``O(N^2)``). ``x``: ``(B, N, D)``; ``mask``: ``(B, N)`` or None (1-D only)."""
+    batch, n, dim = x.shape
+    h, d = mixer.num_heads, mixer.head_dim
+    out = torch.zeros_like(x)
+    for b in range(batch):
+        real = torch.arange(n) if mask is None else mask[b].nonzero().flatten()
+        xs = x[b, real]
+        m = len(real)
+        if mixer.image_size is None:
+            allowed = window_mask_reference(m, mixer.window_size, mixer.dilation, mixer.causal)
+        else:
+            (hh, ww), (kh, kw), (rh, rw) = mixer.image_size, mixer.window_size, mixer.dilation
+            rows, cols = window_mask_reference(hh, kh, rh), window_mask_reference(ww, kw, rw)
+            allowed = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(hh * ww, hh * ww)
+        q, k, v = mixer.qkv(xs).view(m, 3, h, d).permute(1, 2, 0, 3)  # 3 x (H, m, d)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        o = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v  # (H, m, d)
+        out[b, real] = mixer.out_proj(o.transpose(0, 1).reshape(m, dim))
+    return out
