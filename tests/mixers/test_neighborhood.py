@@ -1,5 +1,4 @@
 """Neighbourhood attention against dense masked softmax built from the window formula."""
-import math
 
 import pytest
 import torch
