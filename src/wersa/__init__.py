@@ -17,7 +17,7 @@ Quick use::
     y = m(x)                      # (B, N, 256) -> (B, N, 256)
 """
 
-from .mixers import Capabilities, Mixer, build_mixer, capabilities, list_mixers, mixer_options, register_mixer
+from .mixers import MIXERS, Capabilities, Mixer, build_mixer, capabilities, list_mixers, mixer_options, register_mixer
 
 __version__ = "0.1.0"
 
@@ -31,3 +31,7 @@ __all__ = [
     "register_mixer",
     "__version__",
 ]
+
+# Mixers defined outside this package (entry points or $WERSA_PLUGINS), imported last so that
+# they can use everything above.
+MIXERS.load_plugins("wersa.mixers")

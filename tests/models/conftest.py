@@ -15,7 +15,7 @@ def toy_mixers():
     """Register the toy mixers while tests/models runs, then remove them again."""
     with pytest.MonkeyPatch.context() as mp:
         for cls in TOY_MIXERS:
-            mp.setitem(registry._REGISTRY, cls.capabilities.name, cls)
+            mp.setitem(registry.MIXERS._classes, cls.capabilities.name, cls)
         yield
 
 

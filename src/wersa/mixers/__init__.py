@@ -1,12 +1,14 @@
 """Token mixers behind one interface (see :mod:`wersa.mixers.base`).
 
-Importing this package registers every mechanism. One file per mechanism.
+Importing this package registers every mechanism (one file per mechanism); ``import wersa``
+then imports plug-in mixers (entry-point group ``wersa.mixers`` or ``$WERSA_PLUGINS``; see
+:mod:`wersa.registry` and ``docs/adding-a-mixer.md``).
 """
 
 import importlib
 
 from .base import Capabilities, Mixer
-from .registry import build_mixer, capabilities, list_mixers, mixer_class, mixer_options, register_mixer
+from .registry import MIXERS, build_mixer, capabilities, list_mixers, mixer_class, mixer_options, register_mixer
 
 # One module per mechanism; each registers itself on import.
 _MECHANISMS = (

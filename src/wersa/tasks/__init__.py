@@ -13,8 +13,10 @@ Importing this package registers every task::
 from . import images, listops, mqar, pathfinder, shakespeare, text  # noqa: F401  (each registers its tasks)
 from .base import IGNORE_INDEX, PAD_ID, Task, TaskInfo, TokenDataset, pad_collate
 from .describe import describe, describe_task, format_description
-from .registry import build_task, list_tasks, register_task, task_class, task_options
+from .registry import TASKS, build_task, list_tasks, register_task, task_class, task_options
 from .shakespeare import fetch_shakespeare, find_shakespeare
+
+TASKS.load_plugins("wersa.tasks")  # tasks defined outside this package (see wersa.registry)
 
 __all__ = [
     "IGNORE_INDEX", "PAD_ID", "Task", "TaskInfo", "TokenDataset", "build_task", "describe", "describe_task",

@@ -6,12 +6,10 @@ benchmark harness and the command line discover tasks from here.
 
 from __future__ import annotations
 
-import difflib
-import inspect
-
+from ..registry import Registry
 from .base import Task
 
-_REGISTRY: dict[str, type[Task]] = {}
+TASKS: Registry = Registry("task", name_of=lambda cls: cls.name)
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -19,49 +17,25 @@ def register_task(cls: type[Task]) -> type[Task]:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(f"{cls.__name__} must define a non-empty class attribute `name`")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"a task named {name!r} is already registered")
-    _REGISTRY[name] = cls
-    return cls
-
-
-def _lookup(name: str) -> type[Task]:
-    if not isinstance(name, str):
-        raise TypeError(f"task name must be a string, got {type(name).__name__}")
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown task {name!r}{hint} (available: {', '.join(list_tasks())})")
-    return _REGISTRY[name]
+    return TASKS.register(cls)
 
 
 def list_tasks() -> list[str]:
     """Names of every registered task, sorted."""
-    return sorted(_REGISTRY)
+    return TASKS.names()
 
 
 def task_class(name: str) -> type[Task]:
-    return _lookup(name)
+    return TASKS.lookup(name)
 
 
 def task_options(name: str) -> dict[str, object]:
     """The options ``build_task(name, ...)`` accepts, with their defaults (``None`` if required)."""
-    sig = inspect.signature(_lookup(name).__init__)
-    out: dict[str, object] = {}
-    for p in list(sig.parameters.values())[1:]:
-        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-            continue
-        out[p.name] = None if p.default is inspect.Parameter.empty else p.default
-    return out
+    return TASKS.options(name)
 
 
 def build_task(name: str, **options) -> Task:
     """Build task ``name``. Unknown options raise a ``ValueError`` listing the accepted ones."""
-    cls = _lookup(name)
-    accepted = task_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"{name}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted) or 'none'}"
-        )
+    cls = TASKS.lookup(name)
+    TASKS.check_options(name, options)
     return cls(**options)
