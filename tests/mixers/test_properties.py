@@ -44,7 +44,7 @@ OPTIONS: dict[str, list[dict]] = {
     "mamba": [{}, {"chunk_size": 4, "d_state": 4}, {"chunk_size": 64, "d_conv": 2, "expand": 1}],
     "l2vit": [{}, {"chunk_size": 4, "lcm_kernel_size": 3}, {"lcm": False, "chunk_size": 16}],
     "neighborhood": [{}, {"kernel_size": 3}, {"kernel_size": 5, "dilation": 2}],
-    "hyper": [{}, {"min_seq_len": 16, "block_size": 8, "sample_size": 8, "lsh_num_projs": 3}],
+    "hyper": [{}, {"min_seq_len": 16, "window_size": 8, "sample_size": 8, "lsh_num_projs": 3}],
     "linformer": [{}, {"k": 8, "max_len": 70}, {"k": 16, "max_len": 128, "share_kv": True}],
     "lla": [{}, {"ridge_lambda": 1.0}],
     "fnet": [{}, {"norm": "ortho"}],
