@@ -207,7 +207,9 @@ class Waveformer(Mixer):
             self.wavelet_filter = nn.Parameter(h.to(torch.get_default_dtype()).expand(dim, -1).clone())
         else:
             self.wavelet_filter = None
-            self._fixed_filter = h  # kept in float64, cast per call (not a buffer: .to() would round it)
+            # Plain floats, not a buffer: .to(bfloat16) would round them, and a model built on the
+            # meta device (from_pretrained) would hold no data (nothing to load: they are constants).
+            self._fixed_taps = tuple(h.tolist())
         self.bands = nn.ModuleList(
             _inner_mixer(attention, dim, num_heads, qkv_bias=qkv_bias, out_bias=out_bias,
                          **({} if attention == "softmax" else dict(rf, feature_seed=seed + band)))
@@ -218,7 +220,7 @@ class Waveformer(Mixer):
     def _filter(self, device, dtype) -> Tensor:
         if self.wavelet_filter is not None:
             return self.wavelet_filter.to(dtype)
-        return self._fixed_filter.to(device=device, dtype=dtype)
+        return torch.tensor(self._fixed_taps, device=device, dtype=dtype)
 
     def _bands_forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         b, n, _ = x.shape

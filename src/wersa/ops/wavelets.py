@@ -58,7 +58,7 @@ def daubechies_filter(order: int) -> Tensor:
             h = np.convolve(h, [1.0, -z])
     h = np.real(h)
     h = h * (np.sqrt(2.0) / h.sum())
-    return torch.tensor(h, dtype=torch.float64)
+    return torch.tensor(h, dtype=torch.float64, device="cpu")  # real data even under a meta-device context
 
 
 def wavelet_filter(name: str) -> Tensor:
