@@ -46,7 +46,7 @@ def dense_norm(m, x, causal, per_head_norm=False):
 
 def dense_diag(m, x, causal):
     q, k, v = heads(m, x)
-    o = diag_attention_reference(q, k, v, m.block_size, causal=causal, softmax=m.variant == "t2")
+    o = diag_attention_reference(q, k, v, m.window_size, causal=causal, softmax=m.variant == "t2")
     o = o.transpose(1, 2).flatten(2)
     if m.variant == "t1":
         o = simple_rms_norm(o)
@@ -86,7 +86,7 @@ def test_norm_scope_is_all_heads():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("n,w", [(21, 8), (16, 8), (5, 8), (1, 4)])
 def test_diag_matches_block_diagonal_dense(variant, causal, n, w):
-    m = build(causal, attention="diag", variant=variant, block_size=w)
+    m = build(causal, attention="diag", variant=variant, window_size=w)
     x = torch.randn(2, n, D, dtype=torch.float64)
     check_values_and_grads(m, lambda z: dense_diag(m, z, causal), x)
 
@@ -107,7 +107,7 @@ CONFIGS = [dict(attention=a, variant=v) for a in ("norm", "diag") for v in ("t1"
 
 @pytest.mark.parametrize("opts", CONFIGS)
 def test_step_and_prefill_equal_parallel(opts):
-    m = build(True, block_size=4, chunk_size=3, **opts)
+    m = build(True, window_size=4, chunk_size=3, **opts)
     x = torch.randn(2, 11, D, dtype=torch.float64)
     y = m(x)
     torch.testing.assert_close(m.step_through(x)[0], y)
@@ -121,7 +121,7 @@ def test_step_and_prefill_equal_parallel(opts):
 @pytest.mark.parametrize("causal", [False, True])
 def test_padding_any_pattern(opts, causal):
     """Right, left and inner padding give the unpadded outputs (blocks over real tokens)."""
-    m = build(causal, block_size=4, **opts)
+    m = build(causal, window_size=4, **opts)
     x = torch.randn(3, 13, D, dtype=torch.float64)
     mask = torch.ones(3, 13, dtype=torch.bool)
     mask[0, 9:] = False
@@ -145,7 +145,7 @@ def test_padding_any_pattern(opts, causal):
 @pytest.mark.parametrize("opts", CONFIGS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_dtypes_lengths_and_grads_finite(dtype, opts, causal):
-    m = build(causal, dtype=dtype, block_size=4, **opts)
+    m = build(causal, dtype=dtype, window_size=4, **opts)
     for n in (1, 7):
         x = torch.randn(2, n, D, dtype=dtype, requires_grad=True)
         y = m(x)
@@ -157,9 +157,9 @@ def test_dtypes_lengths_and_grads_finite(dtype, opts, causal):
 
 
 def test_layer_options_layout():
-    opts = transnormer_layer_options(6, variant="t1", block_size=32)
+    opts = transnormer_layer_options(6, variant="t1", window_size=32)
     assert [o["attention"] for o in opts] == ["diag"] * 3 + ["norm"] * 3
-    assert all(o["variant"] == "t1" and o["block_size"] == 32 for o in opts)
+    assert all(o["variant"] == "t1" and o["window_size"] == 32 for o in opts)
     for o in opts:
         wersa.build_mixer("transnormer", dim=D, num_heads=H, **o)
     assert [o["attention"] for o in transnormer_layer_options(1)] == ["norm"]
@@ -167,8 +167,8 @@ def test_layer_options_layout():
         transnormer_layer_options(0)
 
 
-@pytest.mark.parametrize("bad", [dict(attention="full"), dict(variant="t3"), dict(block_size=0),
-                                 dict(chunk_size=-1), dict(block_size=2.5)])
+@pytest.mark.parametrize("bad", [dict(attention="full"), dict(variant="t3"), dict(window_size=0),
+                                 dict(chunk_size=-1), dict(window_size=2.5)])
 def test_bad_options(bad):
     with pytest.raises(ValueError, match="transnormer"):
         wersa.build_mixer("transnormer", dim=D, num_heads=H, **bad)
@@ -176,7 +176,7 @@ def test_bad_options(bad):
 
 def test_trains_on_cpu():
     torch.manual_seed(0)
-    m = wersa.build_mixer("transnormer", dim=D, num_heads=H, causal=True, attention="diag", block_size=4)
+    m = wersa.build_mixer("transnormer", dim=D, num_heads=H, causal=True, attention="diag", window_size=4)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     x, target = torch.randn(2, 12, D), torch.randn(2, 12, D)
     losses = []
@@ -187,3 +187,9 @@ def test_trains_on_cpu():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] and math.isfinite(losses[-1])
+
+
+def test_block_size_is_now_window_size():
+    with pytest.warns(FutureWarning, match="window_size"):
+        m = wersa.build_mixer("transnormer", dim=D, num_heads=H, attention="diag", block_size=8)
+    assert m.window_size == 8

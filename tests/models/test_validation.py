@@ -75,7 +75,7 @@ def test_unsupported_requests_name_the_mixer(mixer):
     lin = wersa.build_mixer("linformer", dim=16, num_heads=2, max_len=8, k=4)
     with pytest.raises(ValueError, match="exceeds this mixer's max_len=8"):
         lin(torch.randn(1, 9, 16))
-    wave = wersa.build_mixer("waveformer", dim=16, num_heads=2, num_features=16)
+    wave = wersa.build_mixer("waveformer", dim=16, num_heads=2, num_features=16, form="joint_haar")
     with pytest.raises(ValueError, match="right padding only"):
         wave(torch.randn(2, 5, 16), attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]))
     with pytest.raises(ValueError, match="needs a causal mixer"):

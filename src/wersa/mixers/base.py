@@ -52,6 +52,8 @@ class Capabilities:
             (``False`` for a KV cache).
         linear_time: time and memory grow linearly (or ``N log N``) with length.
         max_len: longest sequence the mechanism accepts (``None`` = unbounded).
+        quadratic_below: lengths below this run an exact quadratic path (``None`` = none),
+            e.g. HyperAttention below its ``min_seq_len``; ``linear_time`` is the claim above it.
         summary: one line saying what it is.
         reference: the paper it implements.
     """
@@ -65,6 +67,7 @@ class Capabilities:
     constant_state: bool = False
     linear_time: bool = True
     max_len: int | None = None
+    quadratic_below: int | None = None
     summary: str = ""
     reference: str = ""
 

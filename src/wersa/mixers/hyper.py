@@ -10,7 +10,7 @@ Non-causal path (``n_q < min_seq_len``: exact softmax attention)::
 
     bucket(x) = rank in the reflected Gray sequence of  sum_t [x P_t > 0] 2^t   # P: (d, r) Gaussian
     sort q and k (stably) by bucket; v follows k
-    block part:   sorted keys in blocks of b = block_size (the last one padded, pads masked);
+    block part:   sorted keys in blocks of b = window_size (the last one padded, pads masked);
                   queries in as many blocks (ceil(n_q / n_blocks) each); query block i attends
                   to key block i exactly                                         -> (out1, lse1)
     sample part:  m = sample_size sorted-key positions drawn uniformly with replacement;
@@ -30,7 +30,7 @@ off-diagonal query is assigned on its own to the key block where its bucket fall
 the sorted keys (``searchsorted``), so output ``t`` depends on inputs ``<= t`` only. A pad row sits at the end of its segment, so
 under the causal mask only the pad query itself ever sees it.
 
-Defaults (the reference's): ``lsh_num_projs = 7``, ``block_size = 256``,
+Defaults (the reference's): ``lsh_num_projs = 7``, ``window_size = 256``,
 ``sample_size = 256``, ``min_seq_len = 4096``. Cost per head for ``n >= min_seq_len``:
 ``O(n log n)`` sorts + ``O(n b d)`` blocks + ``O(n m d)`` samples; the causal recursion adds
 a ``log n`` factor. Below ``min_seq_len`` it is exact attention (``O(n^2)``), which is
@@ -58,6 +58,7 @@ merge. Attention is computed in float32 for fp16/bf16 inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -106,7 +107,7 @@ def _block_attention_per_query(q: Tensor, blk: Tensor, kb: Tensor, vb: Tensor, k
 
 def hyper_attention_noncausal(
     q: Tensor, k: Tensor, v: Tensor, proj: Tensor, rank_table: Tensor, *,
-    block_size: int, sample_size: int, generator: torch.Generator | None, scale: float,
+    window_size: int, sample_size: int, generator: torch.Generator | None, scale: float,
     per_query: bool = False, query_chunk: int = 256,
 ) -> tuple[Tensor, Tensor]:
     """The sortLSH + sampling approximation (no size threshold here).
@@ -130,7 +131,7 @@ def hyper_attention_noncausal(
     ks = k.gather(2, k_order.unsqueeze(-1).expand_as(k))
     vs = v.gather(2, k_order.unsqueeze(-1).expand_as(v))
 
-    b = min(block_size, nk)
+    b = min(window_size, nk)
     n_blocks = math.ceil(nk / b)
     pad_k = n_blocks * b - nk
     kb = F.pad(ks, (0, 0, 0, pad_k)).reshape(Bsz, H, n_blocks, b, d)
@@ -186,6 +187,81 @@ def hyper_attention_noncausal(
     return out1.gather(2, inv.unsqueeze(-1).expand_as(out1)), lse1.gather(2, inv)
 
 
+def hyper_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, proj: Tensor, rank_table: Tensor, *,
+    window_size: int, sample_size: int, generator: torch.Generator | None, scale: float,
+    per_query: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Dense ``O(n_q n_k)`` form of :func:`hyper_attention_noncausal` (same arguments).
+
+    The approximation is one softmax over all keys with multiplicities::
+
+        c_ij = [block(j) = block(i)] + (n_k / m) #{t : sample t is key j, block(j) != block(i)}
+        out_i = sum_j c_ij exp(s_ij) v_j / sum_j c_ij exp(s_ij),   lse_i = log sum_j c_ij exp(s_ij)
+
+    with ``block(j)`` = sorted position of key ``j`` // ``b`` and ``block(i)`` the query's
+    block (its sorted rank // ``ceil(n_q / n_blocks)``, or with ``per_query`` the key block
+    where its bucket falls). Samples are drawn from ``generator`` exactly as the fast path.
+    """
+    Bsz, H, nq, d = q.shape
+    nk = k.shape[2]
+    k_buckets = lsh_buckets(k, proj, rank_table)
+    k_order = torch.argsort(k_buckets, dim=-1, stable=True)
+    k_pos = torch.argsort(k_order, dim=-1)  # sorted position of each key
+    b = min(window_size, nk)
+    n_blocks = math.ceil(nk / b)
+    key_block = k_pos // b  # (B, H, nk)
+    q_buckets = lsh_buckets(q, proj, rank_table)
+    if per_query:
+        sorted_kb = k_buckets.gather(2, k_order).contiguous()
+        q_block = (torch.searchsorted(sorted_kb, q_buckets.contiguous()) // b).clamp(max=n_blocks - 1)
+    else:
+        q_rank = torch.argsort(torch.argsort(q_buckets, dim=-1, stable=True), dim=-1)
+        q_block = q_rank // math.ceil(nq / n_blocks)
+    same = q_block.unsqueeze(-1) == key_block.unsqueeze(-2)  # (B, H, nq, nk)
+    count = same.to(q.dtype)
+    if sample_size > 0:
+        idx = torch.randint(0, nk, (H, sample_size), generator=generator).to(q.device)
+        hits = torch.zeros(H, nk, dtype=q.dtype, device=q.device)
+        hits.scatter_add_(1, idx, torch.ones_like(idx, dtype=q.dtype))  # per sorted position
+        hits_key = hits.expand(Bsz, H, nk).gather(2, k_pos)  # per key
+        count = count + (~same).to(q.dtype) * hits_key.unsqueeze(-2) * (nk / sample_size)
+    logits = (q @ k.transpose(-1, -2)) * scale + torch.log(count)  # log 0 = -inf: key unused
+    return torch.softmax(logits, dim=-1) @ v, torch.logsumexp(logits, dim=-1)
+
+
+def hyper_attention_causal_reference(
+    q: Tensor, k: Tensor, v: Tensor, proj: Tensor, rank_table: Tensor, *, min_seq_len: int,
+    window_size: int, sample_size: int, generator: torch.Generator | None, scale: float,
+) -> tuple[Tensor, Tensor]:
+    """The causal recursion of :class:`HyperAttention` on dense pieces: exact causal softmax up to
+    ``min_seq_len`` tokens, else halves as heads (recursively) plus the second half's queries
+    against the first half's keys by :func:`hyper_attention_reference` (``per_query``; exact
+    attention when the half has fewer than ``min_seq_len`` tokens), the two
+    merged by their log-sum-exp weights. Draws samples in the fast path's order."""
+    Bsz, H, n, d = q.shape
+    if n <= min_seq_len:
+        return softmax_attention_reference(q, k, v, causal=True, scale=scale, return_lse=True)
+    odd = n % 2
+    if odd:
+        q, k, v = (F.pad(t, (0, 0, 0, 1)) for t in (q, k, v))
+    h = (n + odd) // 2
+    out, lse = hyper_attention_causal_reference(
+        *(t.reshape(Bsz, 2 * H, h, d) for t in (q, k, v)), proj, rank_table, min_seq_len=min_seq_len,
+        window_size=window_size, sample_size=sample_size, generator=generator, scale=scale)
+    out, lse = out.reshape(Bsz, H, 2, h, d), lse.reshape(Bsz, H, 2, h)
+    if h < min_seq_len:  # the off-diagonal part is exact below min_seq_len queries, as the fast path
+        o2, l2 = softmax_attention_reference(q[:, :, h:], k[:, :, :h], v[:, :, :h], scale=scale, return_lse=True)
+    else:
+        o2, l2 = hyper_attention_reference(q[:, :, h:], k[:, :, :h], v[:, :, :h], proj, rank_table,
+                                           window_size=window_size, sample_size=sample_size,
+                                           generator=generator, scale=scale, per_query=True)
+    l1 = lse[:, :, 1]
+    top = torch.logaddexp(l1, l2)
+    second = (torch.exp(l1 - top).unsqueeze(-1) * out[:, :, 1] + torch.exp(l2 - top).unsqueeze(-1) * o2)
+    return (torch.cat([out[:, :, 0], second], 2)[:, :, :n], torch.cat([lse[:, :, 0], top], 2)[:, :, :n])
+
+
 @register_mixer
 class HyperAttention(Mixer):
     """HyperAttention with its own q/k/v/out projections: ``(B, N, D) -> (B, N, D)``."""
@@ -204,14 +280,28 @@ class HyperAttention(Mixer):
                   "ICLR 2024, arXiv 2310.05869",
     )
 
+    renamed_options = {"block_size": "window_size"}
+
+    @classmethod
+    def capabilities_for(cls, causal: bool = False, **options) -> Capabilities:
+        """Below ``min_seq_len`` (causal: up to it) the instance runs exact, quadratic attention."""
+        msl = options.get("min_seq_len", 4096)
+        return dataclasses.replace(cls.capabilities, quadratic_below=msl + 1 if causal else msl)
+
+    def regime(self, n: int) -> str:
+        """Which computation runs for a length-``n`` sequence: ``"exact"`` (quadratic softmax
+        attention) or ``"lsh"`` (sortLSH blocks + sampled keys; causal: the recursion, whose
+        diagonal blocks of at most ``min_seq_len`` tokens are exact)."""
+        return "exact" if n < self.capabilities.quadratic_below else "lsh"
+
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
-        lsh_num_projs: int = 7, block_size: int = 256, sample_size: int = 256,
+        lsh_num_projs: int = 7, window_size: int = 256, sample_size: int = 256,
         min_seq_len: int = 4096, seed: int = 0, bias: bool = True,
     ):
         super().__init__(dim, num_heads, causal)
         name = self.capabilities.name
-        for opt, val, low in (("lsh_num_projs", lsh_num_projs, 1), ("block_size", block_size, 1),
+        for opt, val, low in (("lsh_num_projs", lsh_num_projs, 1), ("window_size", window_size, 1),
                               ("sample_size", sample_size, 0), ("min_seq_len", min_seq_len, 1)):
             if not isinstance(val, int) or isinstance(val, bool) or val < low:
                 raise ValueError(f"{name}: {opt} must be an integer >= {low}, got {val!r}")
@@ -219,8 +309,9 @@ class HyperAttention(Mixer):
             raise ValueError(f"{name}: lsh_num_projs={lsh_num_projs} gives 2^{lsh_num_projs} buckets; use <= 20")
         if not isinstance(seed, int):
             raise ValueError(f"{name}: seed must be an integer, got {seed!r}")
-        self.lsh_num_projs, self.block_size, self.sample_size = lsh_num_projs, block_size, sample_size
+        self.lsh_num_projs, self.window_size, self.sample_size = lsh_num_projs, window_size, sample_size
         self.min_seq_len, self.seed = min_seq_len, seed
+        self.capabilities = type(self).capabilities_for(causal=causal, min_seq_len=min_seq_len)
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.out = nn.Linear(dim, dim, bias=bias)
         gen = torch.Generator().manual_seed(seed)
@@ -239,7 +330,7 @@ class HyperAttention(Mixer):
         if q.shape[2] < self.min_seq_len:
             return softmax_attention_reference(q, k, v, return_lse=True)
         return hyper_attention_noncausal(
-            q, k, v, self.lsh_proj, self.gray_rank, block_size=self.block_size,
+            q, k, v, self.lsh_proj, self.gray_rank, window_size=self.window_size,
             sample_size=self.sample_size, generator=gen, scale=q.shape[-1] ** -0.5,
             per_query=per_query)
 
@@ -274,7 +365,7 @@ class HyperAttention(Mixer):
         q, k, v = self.qkv(x).reshape(Bsz, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if dtype in (torch.float16, torch.bfloat16):  # softmax sums in float32
             q, k, v = q.float(), k.float(), v.float()
-        if n < self.min_seq_len or (self.causal and n <= self.min_seq_len):
+        if self.regime(n) == "exact":
             y = softmax_attention_reference(q, k, v, causal=self.causal, key_mask=mask)
         elif mask is None:
             y = self.attention(q, k, v)
@@ -291,5 +382,5 @@ class HyperAttention(Mixer):
         return self.out(y)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, lsh_num_projs={self.lsh_num_projs}, block_size={self.block_size}, "
+        return (f"{super().extra_repr()}, lsh_num_projs={self.lsh_num_projs}, window_size={self.window_size}, "
                 f"sample_size={self.sample_size}, min_seq_len={self.min_seq_len}, seed={self.seed}")

@@ -16,33 +16,44 @@ Equivalent quadratic form (what the tests compare with)::
 
     A = relu(Q) relu(K)^T;  a = tau (A V) / clamp(rowsum(A), clamp_min)
 
-Local concentration module, folded into the mixer as a residual on the attention
-output so that the mixer stays ``(B, N, D) -> (B, N, D)``::
+Local concentration module (LCM). The paper's block is two residual branches,
+``x1 = x + LA(LN1 x)``, ``x2 = x1 + LCM(LN2 x1)``, with
+``LCM(u) = DWConv_k(BatchNorm(GELU(DWConv_k(u))))`` (depthwise, ``k = 7``). A mixer only
+sees ``u = LN1 x`` and returns one update, so the LCM branch is applied to the stream
+after attention as the mixer can see it::
 
-    y = a + LCM(LayerNorm(a))
-    LCM(u) = DWConv_k( LayerNorm_C( GELU( DWConv_k(u) ) ) )     depthwise, kernel k = 7
+    a = LA(u)
+    y = a + LCM(LN2(u + a))          lcm_input="stream" (default; the paper has LN2(x + a))
+    y = a + LCM(LN2(a))              lcm_input="attention" (0.1.0)
+
+``lcm_norm``: ``"batch"`` (the paper's BatchNorm, default when bidirectional) or
+``"layer"`` (a per-token LayerNorm over channels; 0.1.0, and the default when causal).
+BatchNorm's statistics are computed over the *real* tokens of the batch only, so
+padding never enters them. In training mode BatchNorm couples the rows of a batch
+and every position of a sequence (a token's output depends on later tokens through
+the statistics), so ``lcm_norm="batch"`` has no causal form and is refused with
+``causal=True``; in eval mode (running statistics) it is a per-channel affine map.
+Training needs more than one real token per batch (BatchNorm's own limit).
 
 Sequences use 1-D depthwise convolutions (a project adaptation; the paper is 2-D);
 ``image_size=(Hh, Ww)`` uses the paper's 2-D ``k x k`` convolutions on a
 ``(B, Hh*Ww, D)`` row-major input.
 
-Deviations from the reference, and why:
+Deviations from the reference that remain, and why:
 
 * ``clamp(min=100)`` is scale dependent (for a small width or a short sequence the
   denominator is almost always 100 and the "attention" is an unnormalised
-  ``q KV / 100``), so ``clamp_min`` is an option; the default keeps the paper's 100.
-* the LCM's BatchNorm is replaced by a per-token LayerNorm over channels: BatchNorm
-  behaves differently in train and eval, is undefined at batch 1 / length 1 in
-  training, and its statistics would include padded positions, breaking padding
-  invariance. LayerNorm is identical in train and eval and touches one token.
-* in the reference block the LCM is a separate residual branch ``x += LCM(LN x)``
-  after ``x += LA(LN x)``; here it acts on the attention output inside the mixer.
+  ``q KV / 100``), so ``clamp_min`` is an option; bidirectional default: the paper's 100.
+* the LCM sees ``LN2(u + a)`` with ``u = LN1 x`` in place of ``LN2(x + a)`` (above).
 
 Causal form (a project adaptation, not in the paper): prefix sums for ``sum k v^T``
 and ``sum k`` (chunked, :func:`wersa.ops.linear_attention.causal_linear_attention`
 with ``normalize=False`` for the numerator, a cumulative sum of ``k`` for the
-denominator) and left-padded (causal) convolutions of any kernel size. Decoding
-keeps ``{"S": (B, H, d, d), "z": (B, H, d), "c1", "c2": (B, D, k-1)}``: the linear
+denominator) and left-padded (causal) convolutions of any kernel size. The paper's
+clamp of 100 assumes a sum over all ``H W`` keys; a causal token ``i`` sums ``i + 1``
+keys, so that clamp would shrink early outputs towards 0. Causal default:
+``clamp_min=1e-6``, which only guards a zero denominator. Decoding keeps
+``{"S": (B, H, d, d), "z": (B, H, d), "c1", "c2": (B, D, k-1)}``: the linear
 attention sums and the last ``k - 1`` inputs of each convolution; constant size.
 
 Padding (1-D): padded keys are removed from both sums; for the convolutions the real
@@ -51,13 +62,16 @@ beyond the real length are zero before each convolution, exactly the zero paddin
 of the unpadded sequence. This holds for right, left and inner padding. The 2-D
 form takes no padding mask.
 
-Options: ``clamp_min=100.0``, ``lcm=True``, ``lcm_kernel_size=7`` (odd when
-bidirectional), ``image_size=None``, ``chunk_size=64`` (causal prefix sums; speed
-only), ``bias=True``.
+Options: ``clamp_min`` (100 bidirectional, 1e-6 causal), ``lcm=True``, ``conv_size=7``
+(odd when bidirectional), ``lcm_norm`` (``"batch"`` bidirectional, ``"layer"`` causal),
+``lcm_input="stream"``, ``image_size=None``, ``chunk_size=64`` (causal prefix sums;
+speed only), ``bias=True``.
 Cost: attention ``O(N H d^2)``; LCM ``O(N D k)`` (``O(N D k^2)`` in 2-D).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +117,10 @@ def l2vit_linear_attention_reference(
     return tau.view(1, -1, 1, 1) * (A @ v) / A.sum(-1, keepdim=True).clamp(min=clamp_min)
 
 
+LCM_NORMS = ("batch", "layer")
+LCM_INPUTS = ("stream", "attention")
+
+
 @register_mixer
 class L2ViTAttention(Mixer):
     """L2ViT enhanced linear attention with the local concentration module.
@@ -111,9 +129,12 @@ class L2ViTAttention(Mixer):
         dim: model width ``D``.
         num_heads: heads ``H``.
         causal: prefix-sum attention and causal convolutions (project adaptation).
-        clamp_min: lower clamp of the attention denominator (paper: 100).
+        clamp_min: lower clamp of the attention denominator (default: the paper's 100
+            bidirectional, 1e-6 causal).
         lcm: add the local concentration module.
-        lcm_kernel_size: depthwise convolution kernel ``k`` (per axis in 2-D).
+        conv_size: depthwise convolution kernel ``k`` (per axis in 2-D).
+        lcm_norm: ``"batch"`` (paper; default bidirectional) or ``"layer"`` (default causal).
+        lcm_input: ``"stream"`` (LCM on ``LN(u + a)``, default) or ``"attention"`` (on ``LN(a)``).
         image_size: ``(H, W)`` for a 2-D input ``(B, H*W, D)`` (2-D convolutions).
         chunk_size: chunk length of the causal prefix sums (speed only).
         bias: bias of the q/k/v/out projections.
@@ -128,24 +149,48 @@ class L2ViTAttention(Mixer):
         recurrent=True,
         constant_state=True,
         linear_time=True,
-        summary="L2ViT ReLU linear attention (clamped denominator) + depthwise-conv local concentration",
+        summary="L2ViT ReLU linear attention (clamped denominator) + depthwise-conv local concentration "
+                "(BatchNorm; LayerNorm when causal)",
         reference="Zheng, The Linear Attention Resurrection in Vision Transformer, arXiv 2501.16182",
     )
+    renamed_options = {"lcm_kernel_size": "conv_size"}
+    renamed_parameters = {"proj.": "out_proj."}
+
+    @classmethod
+    def capabilities_for(cls, causal: bool = False, **options) -> Capabilities:
+        # lcm_norm=None is BatchNorm when bidirectional and LayerNorm when causal: both forms exist.
+        if options.get("lcm", True) and options.get("lcm_norm") == "batch":
+            # Batch statistics in training mode see every position: no causal / recurrent form.
+            return dataclasses.replace(cls.capabilities, causal=False, recurrent=False, constant_state=False)
+        return cls.capabilities
 
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
-        clamp_min: float = 100.0, lcm: bool = True, lcm_kernel_size: int = 7,
+        clamp_min: float | None = None, lcm: bool = True, conv_size: int = 7,
+        lcm_norm: str | None = None, lcm_input: str = "stream",
         image_size: tuple[int, int] | None = None, chunk_size: int = 64, bias: bool = True,
     ):
         super().__init__(dim, num_heads, causal)
+        if clamp_min is None:
+            clamp_min = 1e-6 if causal else 100.0
         if not isinstance(clamp_min, (int, float)) or isinstance(clamp_min, bool) or not clamp_min > 0:
             raise ValueError(f"l2vit: clamp_min must be a positive number, got {clamp_min!r}")
-        for name, val in (("lcm_kernel_size", lcm_kernel_size), ("chunk_size", chunk_size)):
+        for name, val in (("conv_size", conv_size), ("chunk_size", chunk_size)):
             if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
                 raise ValueError(f"l2vit: {name} must be a positive integer, got {val!r}")
-        if lcm and not causal and lcm_kernel_size % 2 == 0:
-            raise ValueError(f"l2vit: a bidirectional LCM needs an odd lcm_kernel_size (centred "
-                             f"convolution), got {lcm_kernel_size}")
+        self.capabilities = type(self).capabilities_for(causal=causal, lcm=lcm, lcm_norm=lcm_norm)
+        if lcm_norm is None:
+            lcm_norm = "layer" if causal else "batch"
+        if lcm_norm not in LCM_NORMS:
+            raise ValueError(f"l2vit: lcm_norm must be one of {LCM_NORMS}, got {lcm_norm!r}")
+        if lcm_input not in LCM_INPUTS:
+            raise ValueError(f"l2vit: lcm_input must be one of {LCM_INPUTS}, got {lcm_input!r}")
+        if lcm and causal and lcm_norm == "batch":
+            raise ValueError("l2vit: lcm_norm='batch' has no causal form (in training, batch statistics "
+                             "include later tokens); use lcm_norm='layer' with causal=True")
+        if lcm and not causal and conv_size % 2 == 0:
+            raise ValueError(f"l2vit: a bidirectional LCM needs an odd conv_size (centred "
+                             f"convolution), got {conv_size}")
         if image_size is not None:
             if causal:
                 raise ValueError("l2vit: the 2-D form (image_size) is bidirectional only; use causal=False")
@@ -155,18 +200,19 @@ class L2ViTAttention(Mixer):
             image_size = (int(image_size[0]), int(image_size[1]))
         self.clamp_min = float(clamp_min)
         self.use_lcm = bool(lcm)
-        self.lcm_kernel_size = lcm_kernel_size
+        self.conv_size = conv_size
+        self.lcm_norm, self.lcm_input = lcm_norm, lcm_input
         self.image_size = image_size
         self.chunk_size = chunk_size
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
         self.tau = nn.Parameter(torch.full((num_heads,), self.head_dim ** -0.5))
         if self.use_lcm:
             conv = nn.Conv2d if image_size is not None else nn.Conv1d
             self.lcm_in_norm = nn.LayerNorm(dim)
-            self.conv1 = conv(dim, dim, lcm_kernel_size, groups=dim)
-            self.lcm_mid_norm = nn.LayerNorm(dim)
-            self.conv2 = conv(dim, dim, lcm_kernel_size, groups=dim)
+            self.conv1 = conv(dim, dim, conv_size, groups=dim)
+            self.lcm_mid_norm = nn.BatchNorm1d(dim) if lcm_norm == "batch" else nn.LayerNorm(dim)
+            self.conv2 = conv(dim, dim, conv_size, groups=dim)
 
     # -------------------------------------------------------------- helpers
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -179,7 +225,7 @@ class L2ViTAttention(Mixer):
         """Depthwise convolution of tokens ``u`` ``(B, N, D)``; ``real`` ``(B, N, 1)`` zeroes padding."""
         if real is not None:
             u = u * real
-        k = self.lcm_kernel_size
+        k = self.conv_size
         if self.image_size is not None:
             B, N, D = u.shape
             Hh, Ww = self.image_size
@@ -190,9 +236,21 @@ class L2ViTAttention(Mixer):
         out = F.conv1d(F.pad(u.transpose(1, 2), pad), conv.weight, conv.bias, groups=self.dim)
         return out.transpose(1, 2)
 
-    def _lcm(self, a: Tensor, real: Tensor | None) -> Tensor:
-        h = self._conv(self.conv1, self.lcm_in_norm(a), real)
-        h = self.lcm_mid_norm(F.gelu(h))
+    def _mid_norm(self, h: Tensor, real: Tensor | None) -> Tensor:
+        """LayerNorm per token, or BatchNorm with statistics over the real tokens only."""
+        if self.lcm_norm == "layer":
+            return self.lcm_mid_norm(h)
+        if real is None:
+            return self.lcm_mid_norm(h.reshape(-1, self.dim)).reshape(h.shape)
+        keep = real[..., 0].bool()
+        out = torch.zeros_like(h)
+        out[keep] = self.lcm_mid_norm(h[keep])  # (real tokens, D): padding never enters the statistics
+        return out
+
+    def _lcm(self, u: Tensor, a: Tensor, real: Tensor | None) -> Tensor:
+        src = u + a if self.lcm_input == "stream" else a
+        h = self._conv(self.conv1, self.lcm_in_norm(src), real)
+        h = self._mid_norm(F.gelu(h), real)
         return self._conv(self.conv2, h, real)
 
     # -------------------------------------------------------------- forward
@@ -214,8 +272,8 @@ class L2ViTAttention(Mixer):
         q, k, v = self._heads(x)
         o = l2vit_linear_attention(q, k, v, self.tau, self.clamp_min, causal=self.causal,
                                    key_mask=key_mask, chunk_size=self.chunk_size)
-        a = self.proj(o.transpose(1, 2).reshape(B, N, D))
-        y = a + self._lcm(a, real) if self.use_lcm else a
+        a = self.out_proj(o.transpose(1, 2).reshape(B, N, D))
+        y = a + self._lcm(x, a, real) if self.use_lcm else a
         return y if comp is None else gather_tokens(y, comp.inverse)
 
     # ------------------------------------------------------------ recurrent
@@ -224,7 +282,7 @@ class L2ViTAttention(Mixer):
         state = {"S": torch.zeros(batch_size, H, d, d, device=device, dtype=dtype),
                  "z": torch.zeros(batch_size, H, d, device=device, dtype=dtype)}
         if self.use_lcm:
-            km1 = self.lcm_kernel_size - 1
+            km1 = self.conv_size - 1
             state["c1"] = torch.zeros(batch_size, self.dim, km1, device=device, dtype=dtype)
             state["c2"] = torch.zeros(batch_size, self.dim, km1, device=device, dtype=dtype)
         return state
@@ -244,11 +302,12 @@ class L2ViTAttention(Mixer):
         z = state["z"] + k
         num = (q.unsqueeze(-2) @ S).squeeze(-2) * self.tau.view(1, -1, 1).to(q.dtype)
         den = (q * z).sum(-1, keepdim=True).clamp(min=self.clamp_min)
-        a = self.proj((num / den).reshape(x_t.shape[0], self.dim))
+        a = self.out_proj((num / den).reshape(x_t.shape[0], self.dim))
         new = {"S": S, "z": z}
         if not self.use_lcm:
             return a, new
-        h, new["c1"] = self._conv_step(self.conv1, self.lcm_in_norm(a), state["c1"])
+        src = x_t + a if self.lcm_input == "stream" else a
+        h, new["c1"] = self._conv_step(self.conv1, self.lcm_in_norm(src), state["c1"])
         h = self.lcm_mid_norm(F.gelu(h))
         h, new["c2"] = self._conv_step(self.conv2, h, state["c2"])
         return a + h, new
@@ -256,4 +315,4 @@ class L2ViTAttention(Mixer):
     def extra_repr(self) -> str:
         extra = f", image_size={self.image_size}" if self.image_size is not None else ""
         return (f"{super().extra_repr()}, clamp_min={self.clamp_min}, lcm={self.use_lcm}, "
-                f"lcm_kernel_size={self.lcm_kernel_size}{extra}")
+                f"conv_size={self.conv_size}, lcm_norm={self.lcm_norm!r}, lcm_input={self.lcm_input!r}{extra}")

@@ -8,7 +8,8 @@ arXiv 2210.10340; math lifted from ``OpenNLPLab/fairseq-evo``
 One mixer name, ``transnormer``, with ``attention="norm"`` (default) or
 ``attention="diag"``. The paper's model puts Diag in the first half of the layers
 and Norm in the second; :func:`transnormer_layer_options` returns that layout as
-per-layer option dicts for the models layer.
+per-layer option dicts, and a model (``WersaConfig(mixer="transnormer")``) uses it
+unless ``attention`` is given in ``mixer_options`` or per layer.
 
 NormAttention (per head, ``d = D / H``; no ``1/sqrt(d)``, no denominator)::
 
@@ -23,7 +24,7 @@ The norm's scope is the whole width ``D`` of each token (all heads together), as
 in the reference (``norm_linear_attention.py`` normalises after merging heads);
 ``tests/mixers/test_transnormer.py`` checks it against a per-head norm.
 
-DiagAttention (non-overlapping blocks of ``block_size = w`` tokens, default 64 as
+DiagAttention (non-overlapping windows of ``window_size = w`` tokens, default 64 as
 in the paper's ``decoder_chunk_size``)::
 
     s_ij = q_i . k_j / sqrt(d)     for i, j in the same block (causal: j <= i)
@@ -57,7 +58,7 @@ Diag keeps a rolling buffer of the current block's keys and values
 ``{"k", "v": (B, H, w, d), "pos": (B,)}`` (slot ``pos % w``; slots above it are
 stale and masked). Both are constant in size.
 
-Options: ``attention="norm"``, ``variant="t2"``, ``block_size=64`` (Diag),
+Options: ``attention="norm"``, ``variant="t2"``, ``window_size=64`` (Diag),
 ``chunk_size=64`` (chunk of the causal Norm prefix sums; any value gives the same
 result), ``bias=True`` (projections, as the reference).
 Cost: Norm ``O(N H d^2)``; Diag ``O(N w D)`` time, ``O(B H N w)`` memory.
@@ -98,10 +99,10 @@ def norm_feature_map(x: Tensor, variant: str) -> Tensor:
 
 
 def diag_attention(
-    q: Tensor, k: Tensor, v: Tensor, block_size: int, *, causal: bool, softmax: bool,
+    q: Tensor, k: Tensor, v: Tensor, window_size: int, *, causal: bool, softmax: bool,
     lengths: Tensor | None = None,
 ) -> Tensor:
-    """Block-local attention over non-overlapping blocks of ``block_size`` tokens.
+    """Block-local attention over non-overlapping blocks of ``window_size`` tokens.
 
     Args:
         q, k, v: ``(B, H, N, d)``; queries are scaled here by ``d^{-1/2}``.
@@ -113,7 +114,7 @@ def diag_attention(
         ``(B, H, N, d)``. Rows at padded positions hold finite values to be discarded.
     """
     B, H, N, d = q.shape
-    w = block_size
+    w = window_size
     pad = (-N) % w
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
@@ -142,11 +143,11 @@ def diag_attention(
 
 
 def diag_attention_reference(
-    q: Tensor, k: Tensor, v: Tensor, block_size: int, *, causal: bool, softmax: bool,
+    q: Tensor, k: Tensor, v: Tensor, window_size: int, *, causal: bool, softmax: bool,
 ) -> Tensor:
     """Dense ``O(N^2)`` form of :func:`diag_attention`: full scores with a block-diagonal mask."""
     N, d = q.shape[-2], q.shape[-1]
-    blk = torch.arange(N, device=q.device) // block_size
+    blk = torch.arange(N, device=q.device) // window_size
     allowed = blk[:, None] == blk[None, :]
     if causal:
         allowed = allowed & torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
@@ -162,7 +163,7 @@ def transnormer_layer_options(num_layers: int, **common: Any) -> list[dict[str, 
     """Per-layer options of the paper's layout: Diag in the first ``num_layers // 2``
     layers, Norm in the rest (``decoder_attention_types = [2]*(L/2) + [1]*(L/2)``).
 
-    ``common`` options (``variant``, ``block_size``, ...) are added to every layer.
+    ``common`` options (``variant``, ``window_size``, ...) are added to every layer.
     """
     if not isinstance(num_layers, int) or num_layers <= 0:
         raise ValueError(f"transnormer: num_layers must be a positive integer, got {num_layers!r}")
@@ -182,7 +183,7 @@ class TransNormer(Mixer):
             ``"diag"`` (block-local attention).
         variant: ``"t2"`` (``1+elu`` features, softmax blocks) or ``"t1"`` (ELU
             features, ReLU blocks with an output RMS norm).
-        block_size: Diag block length ``w`` (keys per block, itself included).
+        window_size: Diag block length ``w`` (keys per block, itself included).
         chunk_size: chunk length of the causal Norm prefix sums (speed only).
         bias: bias of the q/k/v/out projections.
     """
@@ -200,9 +201,11 @@ class TransNormer(Mixer):
         reference="Qin et al., The Devil in Linear Transformer, EMNLP 2022, arXiv 2210.10340",
     )
 
+    renamed_options = {"block_size": "window_size"}
+
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
-        attention: str = "norm", variant: str = "t2", block_size: int = 64,
+        attention: str = "norm", variant: str = "t2", window_size: int = 64,
         chunk_size: int = 64, bias: bool = True,
     ):
         super().__init__(dim, num_heads, causal)
@@ -210,12 +213,12 @@ class TransNormer(Mixer):
             raise ValueError(f"transnormer: attention must be one of {_ATTENTIONS}, got {attention!r}")
         if variant not in _VARIANTS:
             raise ValueError(f"transnormer: variant must be one of {_VARIANTS}, got {variant!r}")
-        for name, val in (("block_size", block_size), ("chunk_size", chunk_size)):
+        for name, val in (("window_size", window_size), ("chunk_size", chunk_size)):
             if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
                 raise ValueError(f"transnormer: {name} must be a positive integer, got {val!r}")
         self.attention = attention
         self.variant = variant
-        self.block_size = block_size
+        self.window_size = window_size
         self.chunk_size = chunk_size
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
@@ -252,7 +255,7 @@ class TransNormer(Mixer):
             comp = compaction(mask)
             x = gather_tokens(x, comp.perm)
         q, k, v = self._heads(x)
-        o = diag_attention(q, k, v, self.block_size, causal=self.causal,
+        o = diag_attention(q, k, v, self.window_size, causal=self.causal,
                            softmax=self.variant == "t2",
                            lengths=None if comp is None else comp.lengths)
         y = self._output(o)
@@ -264,7 +267,7 @@ class TransNormer(Mixer):
         if self.attention == "norm":
             return {"S": torch.zeros(batch_size, H, d, d, device=device, dtype=dtype),
                     "z": torch.zeros(batch_size, H, d, device=device, dtype=dtype)}
-        w = self.block_size
+        w = self.window_size
         return {"k": torch.zeros(batch_size, H, w, d, device=device, dtype=dtype),
                 "v": torch.zeros(batch_size, H, w, d, device=device, dtype=dtype),
                 "pos": torch.zeros(batch_size, dtype=torch.long, device=device)}
@@ -276,7 +279,7 @@ class TransNormer(Mixer):
             o, st = linear_attention_step(fq, fk, v, LinearAttentionState(state["S"], state["z"]),
                                           normalize=False)
             return self._output(o.unsqueeze(2))[:, 0], {"S": st.S, "z": st.z}
-        w = self.block_size
+        w = self.window_size
         slot = state["pos"] % w  # (B,)
         ar = torch.arange(w, device=x_t.device)
         write = (ar[None, :] == slot[:, None]).view(-1, 1, w, 1)
@@ -313,4 +316,4 @@ class TransNormer(Mixer):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, attention={self.attention!r}, variant={self.variant!r}, "
-                f"block_size={self.block_size}")
+                f"window_size={self.window_size}")

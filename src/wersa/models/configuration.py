@@ -14,6 +14,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from ..mixers import capabilities
+from ..mixers.transnormer import transnormer_layer_options
 
 HIDDEN_ACTS = ("gelu", "swiglu")
 NORM_TYPES = ("rmsnorm", "layernorm")
@@ -45,6 +46,8 @@ class WersaConfig(PretrainedConfig):
         mixer: registry name of the token mixer used by every layer (see
             :func:`wersa.list_mixers`), unless ``layer_mixers`` overrides it.
         mixer_options: options passed to ``build_mixer`` for the layers that use ``mixer``.
+            ``transnormer`` layers without an ``attention`` option follow the paper's
+            layout: ``"diag"`` in the first ``num_hidden_layers // 2`` layers, ``"norm"`` above.
         layer_mixers: ``None`` (every layer uses ``mixer``) or one mixer name per layer,
             for hybrids such as a few ``softmax`` layers among ``wersa`` layers.
         layer_mixer_options: ``None`` or one dict (or ``None``) per layer; merged over
@@ -236,8 +239,11 @@ class WersaConfig(PretrainedConfig):
         names = self.layer_mixers or [self.mixer] * self.num_hidden_layers
         per_layer = self.layer_mixer_options or [{} for _ in names]
         specs = []
-        for name, extra in zip(names, per_layer):
+        for i, (name, extra) in enumerate(zip(names, per_layer)):
             base = dict(self.mixer_options) if name == self.mixer else {}
             base.update(extra or {})
+            if name == "transnormer" and "attention" not in base:
+                # The paper's stack: DiagAttention in the lower half of the layers, Norm above.
+                base["attention"] = transnormer_layer_options(self.num_hidden_layers)[i]["attention"]
             specs.append((name, base))
         return specs
