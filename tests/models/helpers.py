@@ -17,7 +17,8 @@ LAYERS = 2
 # Size options shrunk for speed, by option name, so a new mixer with the same
 # option names is kept small automatically. Small chunk/block sizes also make
 # length-20 sequences cross chunk boundaries.
-_SMALL = {"num_features": 32, "k": 8, "max_len": 64, "chunk_size": 8, "block_size": 8, "kernel_size": 5}
+_SMALL = {"num_features": 32, "projected_length": 8, "max_len": 64, "chunk_size": 8, "block_size": 8,
+          "window_size": 5, "conv_size": 5}
 
 
 def all_mixers() -> list[str]:
