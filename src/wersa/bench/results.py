@@ -44,12 +44,18 @@ def code_version() -> dict[str, str]:
 
     import wersa
 
-    root = Path(wersa.__file__).parent
+    return {"wersa": wersa.__version__, "source": source_hash(Path(wersa.__file__).parent),
+            "torch": torch.__version__}
+
+
+def source_hash(root: str | os.PathLike) -> str:
+    """A 16-hex-digit hash of the names and contents of every ``.py`` file under ``root``."""
+    root = Path(root)
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
-    return {"wersa": wersa.__version__, "source": h.hexdigest()[:16], "torch": torch.__version__}
+    return h.hexdigest()[:16]
 
 
 def cell_key(spec: dict[str, Any], limits: dict[str, Any] | None = None) -> str:
@@ -170,14 +176,13 @@ def cell_warnings(rec: dict[str, Any]) -> list[str]:
 def format_warnings(records: Iterable[dict[str, Any]]) -> list[str]:
     """One line per record with warnings: ``"<mixer> / <task> / seed <s>: <warning>; <warning>"``.
 
-    For a report or a command-line summary; uses the record's ``warnings`` field when
-    present, else computes them (:func:`cell_warnings`).
+    For a report or a command-line summary. The warnings are computed from the record
+    (:func:`cell_warnings`: the fields a sweep adds, such as ``config``, make them more
+    precise), else taken from its ``warnings`` field.
     """
     lines = []
     for rec in records:
-        found = rec.get("warnings")
-        if found is None:
-            found = cell_warnings(rec)
+        found = cell_warnings(rec) or rec.get("warnings") or []
         if not found:
             continue
         what = [str(rec[k]) for k in ("mixer",) if rec.get(k) is not None]
