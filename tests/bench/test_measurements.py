@@ -51,3 +51,26 @@ def test_scale_asks_the_instance_not_the_class(tmp_path):
     new = run_scale(["bench_regime"], [8], str(out), dim=8, num_heads=2, causal=True,
                     mixer_options={"bench_regime": {"causal_form": False}}, progress=False)
     assert new == [] and not out.exists()
+
+
+def test_step_cost_is_measured_in_an_isolated_process(tmp_path):
+    from wersa.bench.cost import measure_results, measure_step_cost
+    from wersa.bench.results import append_result, read_results
+
+    cfg = _cfg(tmp_path, model={"hidden_size": 16, "num_attention_heads": 2}, batch_size=8, max_time_s=0.001)
+    rec = measure_step_cost(cfg.to_dict(), repeats=5, timeout_s=120, threads=1)
+    assert rec["status"] == "ok", rec
+    assert len(rec["step_wall_all_s"]) == len(rec["step_cpu_all_s"]) == 5
+    assert rec["step_wall_s"] > 0 and rec["step_cpu_s"] > 0 and rec["flops_train_step"] > rec["flops_forward"] > 0
+    assert rec["peak_mem_bytes"] >= 0 and rec["threads"] == 1
+    with pytest.raises(ValueError, match="at least 5"):
+        measure_step_cost(cfg.to_dict(), repeats=3)
+    # From a results file: one measurement per configuration (seeds share it), resumable.
+    results, out = tmp_path / "r.jsonl", tmp_path / "cost.jsonl"
+    for seed in (0, 1):
+        append_result(results, {"bench": "train", "status": "ok", "mixer": "bench_mean", "task": "t",
+                                "config": {**cfg.to_dict(), "seed": seed}})
+    assert len(measure_results(str(results), str(out), timeout_s=120, threads=1, progress=False)) == 1
+    assert measure_results(str(results), str(out), timeout_s=120, threads=1, progress=False) == []
+    (row,) = read_results(out)
+    assert row["status"] == "ok" and row["bench"] == "cost"
