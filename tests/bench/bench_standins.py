@@ -125,6 +125,13 @@ class RegimeMixer(MeanMixer):
 
         return dataclasses.replace(cls.capabilities, causal=bool(causal_form))
 
+    def _forward(self, x, mask):
+        if not self.causal:
+            return super()._forward(x, mask)
+        w = torch.ones(x.shape[:2], dtype=x.dtype) if mask is None else mask.to(x.dtype)
+        mean = (x * w.unsqueeze(-1)).cumsum(1) / w.cumsum(1).clamp_min(1).unsqueeze(-1)  # causal: prefix mean
+        return self.proj(mean)
+
     def regime(self, n):
         return "short" if n <= 16 else "long"
 

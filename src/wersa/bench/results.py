@@ -161,7 +161,7 @@ def cell_warnings(rec: dict[str, Any]) -> list[str]:
     (its times are inflated, and under a time budget so is its step count).
     """
     out = []
-    if rec.get("stopped_by") == "time":
+    if rec.get("stopped_by") in ("time", "max_time_s"):  # "max_time_s": records of earlier code
         planned = (rec.get("config") or {}).get("max_steps")
         steps = rec.get("steps")
         of = f" after {steps} of {planned} steps" if steps is not None and planned else ""
