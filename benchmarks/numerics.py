@@ -29,9 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,19 +49,17 @@ def _parse_len(text: str) -> int:
     return int(text[:-1]) * 1024 if text.endswith("k") else int(text)
 
 
-def _cell(name: str, length: int, mem_gb: float, seed: int) -> dict:
-    """Run one cell in this process (the child). Returns the record."""
+def _cell(name: str, length: int, seed: int) -> dict:
+    """Run one cell in this process (the child, under the runner's memory cap). Returns the record."""
     import torch
 
     import wersa
-    from wersa.bench.memory import is_oom, set_memory_cap
+    from wersa.bench.memory import is_oom
 
     caps = wersa.capabilities(name)
     causal = bool(caps.causal)
     rec = {"mixer": name, "length": length, "causal": causal, "dim": DIM, "heads": HEADS,
            "batch": BATCH, "options": SMALL_OPTIONS.get(name, {}), "threads": torch.get_num_threads()}
-    if mem_gb > 0:
-        set_memory_cap(int(mem_gb * 1024**3))
     try:
         torch.manual_seed(seed)
         m = wersa.build_mixer(name, dim=DIM, num_heads=HEADS, causal=causal, **rec["options"]).train()
@@ -100,28 +95,18 @@ def _cell(name: str, length: int, mem_gb: float, seed: int) -> dict:
     return rec
 
 
+def measure_cell(spec: dict) -> dict:
+    """Entry point of one isolated cell (:func:`wersa.bench.cell.run_cell`); the cap is the runner's."""
+    return _cell(spec["mixer"], spec["length"], spec["seed"])
+
+
 def _run_isolated(name: str, length: int, mem_gb: float, timeout: float, seed: int, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--child", name, str(length), str(mem_gb), str(seed)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return {"mixer": name, "length": length, "status": "timeout",
-                "error": f"ran past {timeout:g} s", "wall_s": round(time.perf_counter() - t0, 1)}
-    wall = round(time.perf_counter() - t0, 1)
-    for line in reversed(out.decode(errors="replace").splitlines()):
-        if line.startswith("{"):
-            rec = json.loads(line)
-            rec["wall_s"] = wall
-            return rec
-    tail = err.decode(errors="replace").strip().splitlines()
-    status = "oom" if proc.returncode in (-signal.SIGKILL, 137) else "error"
-    return {"mixer": name, "length": length, "status": status, "wall_s": wall,
-            "error": f"exit code {proc.returncode}: {tail[-1] if tail else ''}"}
+    from wersa.bench.cell import run_cell
+
+    spec = {"mixer": name, "length": length, "seed": seed}
+    rec = run_cell(f"{os.path.abspath(__file__)}:measure_cell", spec, timeout_s=timeout, threads=threads,
+                   mem_limit_bytes=int(mem_gb * 1024**3) if mem_gb > 0 else None)
+    return {"mixer": name, "length": length, **rec, "wall_s": round(rec["wall_s"], 1)}
 
 
 def plan(mixers: list[str] | None, lengths: list[int] | None) -> list[tuple[str, int]]:
@@ -161,10 +146,6 @@ def table(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--child":
-        name, length, mem_gb, seed = argv[1], int(argv[2]), float(argv[3]), int(argv[4])
-        print(json.dumps(_cell(name, length, mem_gb, seed)), flush=True)
-        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mixers", help="comma-separated mixers [default: every linear-time mixer]")
     p.add_argument("--lengths", help="comma-separated lengths, 1k = 1024 [default: 64k all, 128k for "

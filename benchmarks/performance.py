@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -162,22 +161,17 @@ def run_core(cell):
 KINDS = {"train": run_train, "decode": run_decode, "core": run_core}
 
 
-def run_cell_subprocess(cell, timeout):
-    cmd = [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell)]
-    # Idle OpenMP threads sleep instead of spinning, so process CPU time counts work
-    # (the robust measure when other processes share the cores).
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {**cell, "error": f"timeout after {timeout} s"}
-    if proc.returncode != 0:
-        tail = (proc.stderr or "")[-600:]
-        return {**cell, "error": ("out of memory" if "memory" in tail.lower() else "failed") + ": " + tail}
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {**cell, **out, "process_seconds": time.perf_counter() - t0, "omp_wait_policy": env["OMP_WAIT_POLICY"],
-            "load_average": os.getloadavg()}
+def measure_cell(cell):
+    """Entry point of one isolated cell (:func:`wersa.bench.cell.run_cell`)."""
+    return KINDS[cell["kind"]](cell)
+
+
+def run_isolated_cell(cell, timeout):
+    """``cell`` in a fresh process (passive OpenMP waiting, load and threads recorded); failures carry ``error``."""
+    from wersa.bench.cell import run_cell
+
+    res = run_cell(f"{os.path.abspath(__file__)}:measure_cell", cell, timeout_s=timeout, threads=cell["threads"])
+    return {**cell, **res, "process_seconds": res["wall_s"]}
 
 
 def default_plan(threads: int, full: bool = False):
@@ -299,7 +293,7 @@ def main(argv=None):
     if args.only:
         cells = [c for c in cells if all(s in json.dumps(c) for s in args.only)]
     for cell in cells:
-        res = run_cell_subprocess(cell, args.timeout)
+        res = run_isolated_cell(cell, args.timeout)
         line = json.dumps(res)
         print(line, flush=True)
         if args.out:

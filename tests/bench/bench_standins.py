@@ -104,3 +104,80 @@ class TinyClassifier(nn.Module):
 def make_model(info, mixer, mixer_options, length, model_options):
     return TinyClassifier(info.vocab_size, info.num_classes, mixer, model_options.get("hidden_size", 16),
                           model_options.get("num_attention_heads", 2))
+
+
+@register_mixer
+class RegimeMixer(MeanMixer):
+    """A mean mixer whose causal form depends on an option, and which says which computation runs at a length."""
+
+    capabilities = Capabilities(name="bench_regime", causal=True, bidirectional=True, attention_mask=True,
+                                summary="test stand-in: per-instance claims and a regime")
+
+    def __init__(self, dim, num_heads, causal=False, causal_form: bool = True):
+        if causal and not causal_form:
+            raise ValueError("bench_regime: causal_form=False has no causal form")
+        super().__init__(dim, num_heads, causal)
+        self.capabilities = type(self).capabilities_for(causal=causal, causal_form=causal_form)
+
+    @classmethod
+    def capabilities_for(cls, causal=False, causal_form=True, **options):
+        import dataclasses
+
+        return dataclasses.replace(cls.capabilities, causal=bool(causal_form))
+
+    def _forward(self, x, mask):
+        if not self.causal:
+            return super()._forward(x, mask)
+        w = torch.ones(x.shape[:2], dtype=x.dtype) if mask is None else mask.to(x.dtype)
+        mean = (x * w.unsqueeze(-1)).cumsum(1) / w.cumsum(1).clamp_min(1).unsqueeze(-1)  # causal: prefix mean
+        return self.proj(mean)
+
+    def regime(self, n):
+        return "short" if n <= 16 else "long"
+
+
+# ------------------------------------------------------------------ cell entry points
+MiB = 2**20
+
+
+def allocate_in_phase(spec):
+    """Leave ``spec["mib"]`` MiB of freed heap pages behind, then allocate that much inside a measured phase.
+
+    glibc keeps freed heap pages resident for reuse: without returning them to the OS
+    before the phase, the phase's allocations reuse them and the resident size does not grow.
+    """
+    from wersa.bench.memory import PeakMemory
+
+    n = int(spec["mib"]) * 4  # 256 KiB tensors
+    lift = torch.ones(2 * MiB)  # a freed mmapped block lifts glibc's mmap threshold: the blocks below
+    del lift                    # come from the heap, not from mmap
+    blocks = [torch.ones(MiB // 16) for _ in range(n)]
+    keep_top = torch.ones(MiB // 8)  # allocated above the blocks, so freeing them cannot shrink the heap
+    del blocks
+    peak = PeakMemory("cpu")
+    peak.start()
+    blocks = [torch.ones(MiB // 16) for _ in range(n)]
+    out = {"peak_mem_bytes": peak.peak_bytes(), "method": peak.info()["method"]}
+    del blocks, keep_top
+    return out
+
+
+def report_environment(spec):
+    import os
+
+    return {"omp_wait_policy_seen": os.environ.get("OMP_WAIT_POLICY"), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
+def kill_self(spec):
+    import os
+    import signal
+
+    os.kill(os.getpid(), getattr(signal, spec.get("signal", "SIGKILL")))
+    return {}
+
+
+def sleep_forever(spec):
+    import time
+
+    time.sleep(3600)
+    return {}

@@ -108,3 +108,48 @@ def test_report_tables_and_plots(tmp_path):
 def test_report_missing_file_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         make_report(tmp_path / "missing.jsonl", tmp_path / "out")
+
+
+def test_cell_key_covers_code_version_and_run_limits(monkeypatch):
+    from wersa.bench import results
+
+    spec = {"mixer": "x", "seed": 0}
+    key = cell_key(spec, {"mem_limit_bytes": 2**30, "timeout_s": 60})
+    assert key == cell_key(dict(spec), {"timeout_s": 60, "mem_limit_bytes": 2**30})
+    assert key != cell_key(spec, {"mem_limit_bytes": 2**31, "timeout_s": 60})  # an oom under 1 GiB says nothing at 2
+    assert key != cell_key(spec, {"mem_limit_bytes": 2**30, "timeout_s": 120})
+    other = {**results.code_version(), "source": "0" * 16}
+    monkeypatch.setattr(results, "code_version", lambda: other)
+    assert key != cell_key(spec, {"mem_limit_bytes": 2**30, "timeout_s": 60})
+
+
+def test_sweep_key_changes_with_the_sweep_limits():
+    from wersa.bench.sweep import Sweep, TaskEntry, key_of
+
+    cfg = TrainConfig(mixer="m", task="t")
+    sweep = Sweep(mixers=["m"], tasks=[TaskEntry("t", 8)], mem_limit_gb=8.0, timeout_s=900.0)
+    assert key_of(cfg, sweep) == key_of(cfg, Sweep(mixers=["m"], tasks=[], mem_limit_gb=8.0, timeout_s=900.0))
+    assert key_of(cfg, sweep) != key_of(cfg, Sweep(mixers=["m"], tasks=[], mem_limit_gb=4.0, timeout_s=900.0))
+    assert key_of(cfg, sweep) != key_of(cfg, Sweep(mixers=["m"], tasks=[], mem_limit_gb=8.0, timeout_s=60.0))
+
+
+def test_source_hash_follows_every_edit(tmp_path):
+    from wersa.bench.results import code_version, source_hash
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "notes.txt").write_text("not code")
+    h = source_hash(tmp_path / "pkg")
+    (tmp_path / "pkg" / "notes.txt").write_text("still not code")
+    assert source_hash(tmp_path / "pkg") == h
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert source_hash(tmp_path / "pkg") != h
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "b.py").write_text("")
+    assert source_hash(tmp_path / "pkg") != h
+    assert len(code_version()["source"]) == 16
+
+
+def test_killed_cells_run_again():
+    recs = [{"key": "a", "status": "ok"}, {"key": "b", "status": "killed"}, {"key": "c", "status": "timeout"}]
+    assert finished_keys(recs) == {"a", "c"}

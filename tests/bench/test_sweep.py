@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import bench_standins  # noqa: F401 - registers the stand-in mixers in this process
-from wersa.bench.cell import run_isolated
+from wersa.bench.cell import run_cell
 from wersa.bench.results import read_results
 
 HERE = Path(__file__).parent
@@ -84,16 +84,16 @@ def test_induced_oom_is_a_recorded_result():
             "task_factory": "bench_standins:make_task", "model_factory": "bench_standins:make_model",
             "plugins": ["bench_standins"]}
     # (16, 2048, 2048) float32 scores alone are 256 MiB: far over a 64 MiB cap.
-    rec = run_isolated("train", spec, mem_limit_bytes=64 * 2**20, timeout_s=120, threads=1)
+    rec = run_cell("wersa.bench.train:run_cell", spec, mem_limit_bytes=64 * 2**20, timeout_s=120, threads=1)
     assert rec["status"] == "oom", rec
     assert rec["wall_s"] > 0
 
 
 def test_crash_is_a_recorded_error():
-    rec = run_isolated("train", {"mixer": "bench_mean", "task": "t", "bogus_option": 1}, timeout_s=60)
+    rec = run_cell("wersa.bench.train:run_cell", {"mixer": "bench_mean", "task": "t", "bogus_option": 1}, timeout_s=60)
     assert rec["status"] == "error" and "bogus_option" in rec["error"]
 
 
 def test_timeout_is_recorded():
-    rec = run_isolated("train", {"mixer": "bench_mean", "task": "t"}, timeout_s=0.05)
+    rec = run_cell("wersa.bench.train:run_cell", {"mixer": "bench_mean", "task": "t"}, timeout_s=0.05)
     assert rec["status"] == "timeout"

@@ -15,8 +15,7 @@ small ones the tests use) are given as import paths ``"package.module:attr"``:
 from __future__ import annotations
 
 import importlib
-import pkgutil
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,17 +63,20 @@ def check_mixer(name: str) -> None:
     """Raise :class:`Unavailable` (with a "did you mean") when mixer ``name`` is not registered."""
     import wersa
 
-    try:
-        wersa.capabilities(name)
-    except ValueError as exc:
-        raise Unavailable(str(exc)) from None
+    if name not in wersa.list_mixers():
+        try:
+            wersa.capabilities(name)
+        except ValueError as exc:
+            raise Unavailable(str(exc)) from None
 
 
-def mixer_capabilities(name: str):
-    """The registry's capabilities of mixer ``name``."""
+def mixer_capabilities(name: str, causal: bool | None = None, **options: Any):
+    """The capabilities of mixer ``name`` built with ``options`` (per instance, not the class's claim)."""
     import wersa
 
-    return wersa.capabilities(name)
+    if causal is not None:
+        options["causal"] = causal
+    return wersa.capabilities(name, **options)
 
 
 def build_mixer(name: str, dim: int, num_heads: int, causal: bool = False, **options) -> nn.Module:
@@ -83,32 +85,35 @@ def build_mixer(name: str, dim: int, num_heads: int, causal: bool = False, **opt
     return wersa.build_mixer(name, dim=dim, num_heads=num_heads, causal=causal, **options)
 
 
+def mixer_regime(mixer: nn.Module, length: int | None) -> Any:
+    """The computation ``mixer`` runs at ``length`` tokens, where it has more than one (``mixer.regime(n)``).
+
+    ``None`` when the mixer exposes no ``regime`` (it always runs the same computation).
+    """
+    regime = getattr(mixer, "regime", None)
+    if not callable(regime) or length is None:
+        return None
+    return regime(int(length))
+
+
+def model_regimes(model: nn.Module, length: int | None) -> list[Any] | None:
+    """:func:`mixer_regime` of every mixer inside ``model`` (the distinct values, in order), or ``None``."""
+    from wersa.mixers import Mixer
+
+    found = []
+    for module in model.modules():
+        if isinstance(module, Mixer):
+            r = mixer_regime(module, length)
+            if r is not None and r not in found:
+                found.append(r)
+    return found or None
+
+
 # ------------------------------------------------------------------ tasks
-def _tasks_registry():
-    """The task registry module, with every task module of :mod:`wersa.tasks` imported."""
-    try:
-        import wersa.tasks as tasks_pkg
-        reg = importlib.import_module("wersa.tasks.registry")
-    except ModuleNotFoundError as exc:
-        raise Unavailable(f"the tasks layer is not available ({exc})") from None
-    # Import every task module so each registers itself, whether or not the package
-    # __init__ lists it; a module that fails to import (a missing optional
-    # dependency) only removes its own tasks.
-    for info in pkgutil.iter_modules(tasks_pkg.__path__):
-        if info.name.startswith("_"):
-            continue
-        try:
-            importlib.import_module(f"wersa.tasks.{info.name}")
-        except Exception:  # noqa: BLE001 - an unavailable task is reported when asked for
-            pass
-    return reg
-
-
 def list_tasks() -> list[str]:
-    try:
-        return list(_tasks_registry().list_tasks())
-    except Unavailable:
-        return []
+    from wersa import tasks
+
+    return list(tasks.list_tasks())
 
 
 def build_task(name: str, options: dict[str, Any] | None = None, factory: str | None = None,
@@ -116,6 +121,7 @@ def build_task(name: str, options: dict[str, Any] | None = None, factory: str | 
     """Build task ``name`` with ``options`` (or call ``factory`` when given).
 
     ``cache_dir`` is passed on to tasks that accept one (generated data is cached there).
+    An unknown task name raises :class:`Unavailable` (with a "did you mean").
     """
     options = dict(options or {})
     if cache_dir is not None:
@@ -128,44 +134,22 @@ def build_task(name: str, options: dict[str, Any] | None = None, factory: str | 
         if "cache_dir" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             options.pop("cache_dir", None)
         return fn(**options)
-    reg = _tasks_registry()
-    if name not in reg.list_tasks():
-        try:
-            reg.task_class(name)
-        except ValueError as exc:
-            raise Unavailable(str(exc)) from None
-    accepted = reg.task_options(name)
-    if "cache_dir" in options and "cache_dir" not in accepted:
+    from wersa import tasks
+
+    try:
+        tasks.task_class(name)
+    except ValueError as exc:
+        raise Unavailable(str(exc)) from None
+    if "cache_dir" in options and "cache_dir" not in tasks.task_options(name):
         options.pop("cache_dir")
-    return reg.build_task(name, **options)
-
-
-def task_info(task) -> Any:
-    return task.info
+    return tasks.build_task(name, **options)
 
 
 def describe_task(name: str, options: dict[str, Any] | None = None) -> str:
-    """A description of task ``name``: the tasks layer's own ``describe`` if it has one."""
-    reg = _tasks_registry()
-    for mod in ("wersa.tasks", "wersa.tasks.describe", "wersa.tasks.registry"):
-        try:
-            fn = getattr(importlib.import_module(mod), "describe_task", None) or \
-                getattr(importlib.import_module(mod), "describe", None)
-        except ModuleNotFoundError:
-            fn = None
-        if callable(fn):
-            out = fn(name, **(options or {}))
-            return out if isinstance(out, str) else _format_description(out)
-    task = build_task(name, options)
-    lines = [f"task: {name}", *(f"  {k}: {v}" for k, v in task.info.as_dict().items())]
-    lines.append(f"  options: {reg.task_options(name)}")
-    return "\n".join(lines)
+    """What task ``name`` yields (sizes, lengths, vocabulary, source), as Markdown."""
+    from wersa import tasks
 
-
-def _format_description(obj: Any) -> str:
-    if isinstance(obj, dict):
-        return "\n".join(f"{k}: {v}" for k, v in obj.items())
-    return str(obj)
+    return tasks.describe_task(name, **(options or {}))
 
 
 # ------------------------------------------------------------------ models
@@ -182,13 +166,9 @@ def build_model(info, mixer: str, mixer_options: dict[str, Any] | None, length: 
     model_options = dict(model_options or {})
     if factory:
         return import_object(factory)(info, mixer, mixer_options, length, model_options)
-    try:
-        models = importlib.import_module("wersa.models")
-        config_cls = getattr(models, "WersaConfig")
-        cls_name = "WersaForCausalLM" if info.kind == "language_modeling" else "WersaForSequenceClassification"
-        model_cls = getattr(models, cls_name)
-    except (ModuleNotFoundError, AttributeError) as exc:
-        raise Unavailable(f"the models layer does not provide WersaConfig and the model classes yet ({exc})") from None
+    from wersa.models import WersaConfig, WersaForCausalLM, WersaForSequenceClassification
+
+    model_cls = WersaForCausalLM if info.kind == "language_modeling" else WersaForSequenceClassification
     fields: dict[str, Any] = dict(mixer=mixer, mixer_options=mixer_options, vocab_size=info.vocab_size)
     if info.kind != "language_modeling":
         fields["num_labels"] = int(info.num_classes)
@@ -199,8 +179,7 @@ def build_model(info, mixer: str, mixer_options: dict[str, Any] | None, length: 
     if pad_id is not None:
         fields["pad_token_id"] = pad_id
     fields.update(model_options)
-    config = config_cls(**fields)
-    return model_cls(config)
+    return model_cls(WersaConfig(**fields))
 
 
 def model_output(out: Any, name: str) -> torch.Tensor:
@@ -208,7 +187,3 @@ def model_output(out: Any, name: str) -> torch.Tensor:
     if isinstance(out, dict):
         return out[name]
     return getattr(out, name)
-
-
-def resolve(obj: str | Callable | None) -> Callable | None:
-    return import_object(obj) if isinstance(obj, str) else obj

@@ -1,14 +1,33 @@
-"""Run one benchmark cell in its own process, so an out-of-memory or a crash is a result.
+"""Run one measurement in its own process, so an out-of-memory, a crash or a hang is a result.
 
-The parent (:func:`run_isolated`) writes the cell's spec to a file and starts
-``python -m wersa.bench.cell SPEC OUT``; the child caps its memory, runs the cell
-and writes its record to ``OUT``. Whatever happens (an out-of-memory error, a
-crash, the kernel killing it, the time limit) becomes a record with a ``status``:
+Every isolated measurement of the project goes through :func:`run_cell`: benchmark
+training cells, ``wersa scale`` cells, per-step cost, ``benchmarks/performance.py``
+and ``benchmarks/numerics.py``. A cell names its work as an entry point,
+``"package.module:function"`` (or ``"path/to/file.py:function"``), a function taking
+the cell's spec (a JSON-able dict) and returning its record (a JSON-able dict).
 
-* ``ok``      the cell finished; its metrics are in the record;
-* ``oom``     out of memory (CPU address-space cap, CUDA OOM, or killed by the OS);
-* ``timeout`` the cell ran past its time limit and was killed;
+The parent writes the spec to a file and starts ``python -m wersa.bench.cell SPEC
+OUT``; the child caps its address space, calls the entry point and writes the record
+to ``OUT``. Whatever happens becomes a record with a ``status``:
+
+* ``ok``      the entry point returned; its fields are in the record;
+* ``oom``     the memory cap was hit (an allocation failed: ``MemoryError``, CUDA OOM,
+  an allocator error in the child's output);
+* ``timeout`` the cell ran past its time limit and the parent killed it;
+* ``killed``  a signal from outside (the kernel's out-of-memory killer, a user's
+  ``kill``): says nothing about the cell, which runs again on the next sweep;
 * ``error``   anything else, with the error message.
+
+Busy machines: OpenMP threads that spin while waiting fight other processes for the
+cores (a training step measured 4.5 s with two spinning threads against 0.1 s with
+one, on two shared cores). Every cell process therefore waits passively
+(``OMP_WAIT_POLICY=PASSIVE``, set in its environment before torch loads) and runs
+``threads`` intra-op threads: the number asked for, or else as many as the cores
+the load average leaves free (at least one). Each record carries ``threads``,
+``cpu_count``, ``load_start`` / ``load_end`` (1-minute load average), ``stopped_by``
+(``steps``, ``time`` or ``error``), the run limits, the code version, phase timings
+(``startup_s``: interpreter, imports and set-up; ``entry_s``: the entry point) and
+``warnings`` (:func:`wersa.bench.results.cell_warnings`).
 """
 
 from __future__ import annotations
@@ -22,21 +41,84 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
-
-RESULT_STATUSES = ("ok", "oom", "timeout", "error")
+from typing import Any, Callable
 
 
-def _child_env(threads: int | None) -> dict[str, str]:
+# ------------------------------------------------------------------ machine state
+def available_cpus() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or ``None`` where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def auto_threads() -> int:
+    """Intra-op threads for a cell: the cores the current load leaves free, at least 1.
+
+    More threads than free cores make every thread wait for the others at each
+    parallel region; one thread per free core is the most that helps.
+    """
+    cpus = available_cpus()
+    load = load_average() or 0.0
+    return max(1, min(cpus, round(cpus - load)))
+
+
+def _oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has ended since boot (``/proc/vmstat``)."""
+    try:
+        with open("/proc/vmstat") as fh:
+            for line in fh:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+# ------------------------------------------------------------------ entry points
+def load_entry(entry: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The function named by ``"package.module:function"`` or ``"path/to/file.py:function"``."""
+    module, sep, name = entry.rpartition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"a cell entry point is 'package.module:function' or 'file.py:function', got {entry!r}")
+    if module.endswith(".py"):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(Path(module).stem, module)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"cannot load {module!r} (from entry point {entry!r})")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        fn = getattr(mod, name, None)
+    else:
+        from .adapters import import_object
+
+        fn = import_object(entry)
+    if not callable(fn):
+        raise ValueError(f"entry point {entry!r} is not a function")
+    return fn
+
+
+# ------------------------------------------------------------------ parent side
+def _child_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     # The child must import the same modules as the parent (stand-ins, plugins).
     paths = [p for p in sys.path if p]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # read once, when the OpenMP runtime loads with torch
     env["WERSA_CELL_PARENT"] = str(os.getpid())
     # torchrun variables of a parent launch must not leak into a cell.
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -44,54 +126,106 @@ def _child_env(threads: int | None) -> dict[str, str]:
     return env
 
 
-def run_isolated(kind: str, spec: dict[str, Any], mem_limit_bytes: int | None = None,
-                 timeout_s: float | None = None, threads: int | None = None) -> dict[str, Any]:
-    """Run a ``kind`` (``"train"`` or ``"scale"``) cell in a fresh process; never raises for the cell's failures.
+def _rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
-    Returns a dict with ``status`` and, for ``ok``, the cell's metrics; ``wall_s``
-    is the child's whole life (start-up, data, training, evaluation).
+
+def _failure(rc: int, tail: str, oom_kills_rose: bool, rss: int | None) -> dict[str, Any]:
+    """The record of a child that wrote no result: ``oom`` only when the memory cap caused it."""
+    from .memory import _OOM_MARKERS
+
+    last = tail.splitlines()[-1] if tail else ""
+    if any(m in tail.lower() for m in _OOM_MARKERS):  # an allocation under the cap failed
+        return {"status": "oom", "error": last}
+    if rc < 0:
+        sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        if rc == -signal.SIGKILL and oom_kills_rose:
+            cause = "the kernel's out-of-memory killer (the machine ran out of memory, not the cell's cap)"
+        else:
+            cause = "a signal from outside (neither the memory cap nor the time limit)"
+        at = f" at {rss / 2**20:.0f} MiB resident" if rss else ""
+        return {"status": "killed", "error": f"killed by {sig}{at}: {cause}", "signal": sig, "stderr_tail": tail}
+    return {"status": "error", "error": f"exit code {rc}: {last}", "stderr_tail": tail}
+
+
+def run_cell(entry: str, spec: dict[str, Any], *, mem_limit_bytes: int | None = None,
+             timeout_s: float | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Run ``entry(spec)`` in a fresh process; never raises for the cell's failures.
+
+    Args:
+        entry: ``"package.module:function"`` or ``"path/to/file.py:function"``.
+        spec: the function's one argument (JSON-able).
+        mem_limit_bytes: address space the cell may add to the imported interpreter
+            (``None`` = no cap).
+        timeout_s: wall-clock limit of the whole process (``None`` = none).
+        threads: intra-op threads (``None`` = :func:`auto_threads`).
+
+    Returns the entry point's record (JSON round-tripped) with the fields the module
+    docstring lists; ``wall_s`` is the child's whole life.
     """
+    from .results import cell_warnings, code_version
+
+    threads_source = "requested" if threads else "auto"
+    threads = int(threads) if threads else auto_threads()
+    run = {"entry": entry, "threads": threads, "threads_source": threads_source, "cpu_count": available_cpus(),
+           "omp_wait_policy": "PASSIVE", "mem_limit_bytes": mem_limit_bytes, "timeout_s": timeout_s,
+           "code": code_version(), "load_start": load_average()}
+    kills0 = _oom_kills()
     with tempfile.TemporaryDirectory(prefix="wersa-cell-") as tmp:
-        spec_path = Path(tmp) / "spec.json"
-        out_path = Path(tmp) / "out.json"
-        err_path = Path(tmp) / "stderr.txt"
-        spec_path.write_text(json.dumps({"kind": kind, "spec": spec, "mem_limit_bytes": mem_limit_bytes}))
+        spec_path, out_path, err_path = (Path(tmp) / n for n in ("spec.json", "out.json", "stderr.txt"))
+        spec_path.write_text(json.dumps({"entry": entry, "spec": spec, "mem_limit_bytes": mem_limit_bytes}))
         cmd = [sys.executable, "-m", "wersa.bench.cell", str(spec_path), str(out_path)]
         t0 = time.perf_counter()
+        rss = None
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_child_env(threads),
                                     start_new_session=True)
-            try:
-                rc = proc.wait(timeout=timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                try:  # the whole process group: the cell may have started workers
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                rc = proc.wait()
+            timed_out = False
+            while True:
+                try:
+                    rc = proc.wait(timeout=0.25)
+                    break
+                except subprocess.TimeoutExpired:
+                    rss = _rss_bytes(proc.pid) or rss  # the last resident size seen, for a kill report
+                    if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
+                        timed_out = True
+                        try:  # the whole process group: the cell may have started workers
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                        rc = proc.wait()
+                        break
         wall = time.perf_counter() - t0
+        run["load_end"] = load_average()
+        rec = None
         if timed_out:
-            return {"status": "timeout", "error": f"ran past the time limit of {timeout_s:g} s", "wall_s": wall}
-        if out_path.exists():
+            rec = {"status": "timeout", "error": f"ran past the time limit of {timeout_s:g} s"}
+        elif out_path.exists():
             try:
                 rec = json.loads(out_path.read_text())
-                rec["wall_s"] = wall
-                return rec
             except json.JSONDecodeError:
-                pass
-        tail = err_path.read_text(errors="replace")[-2000:].strip()
-        if rc in (-signal.SIGKILL, 137):  # the OS out-of-memory killer, most likely
-            return {"status": "oom", "error": f"killed by SIGKILL (out of memory?): {tail[-300:]}", "wall_s": wall}
-        last = tail.splitlines()[-1] if tail else ""
-        from .memory import _OOM_MARKERS
+                rec = None
+        if rec is None:
+            tail = err_path.read_text(errors="replace")[-2000:].strip()
+            kills1 = _oom_kills()
+            rec = _failure(rc, tail, kills0 is not None and kills1 is not None and kills1 > kills0, rss)
+    rec = {**run, **rec, "wall_s": wall}
+    if rec.get("entry_s") is not None:
+        rec["startup_s"] = max(0.0, wall - rec["entry_s"])
+    if rec.get("stopped_by") not in ("steps", "time"):
+        rec["stopped_by"] = "time" if rec["status"] == "timeout" else ("steps" if rec["status"] == "ok" else "error")
+    rec["warnings"] = cell_warnings(rec)
+    return rec
 
-        if any(m in tail.lower() for m in _OOM_MARKERS):
-            return {"status": "oom", "error": last, "wall_s": wall}
-        return {"status": "error", "error": f"exit code {rc}: {last}", "stderr_tail": tail, "wall_s": wall}
 
-
+# ------------------------------------------------------------------ child side
 def _die_with_parent() -> None:
     """Linux: end this cell when the sweep that started it dies (a killed sweep leaves no orphan
     cell behind, still writing its checkpoints while the re-run resumes the same cell)."""
@@ -109,18 +243,6 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    if kind == "train":
-        from .train import TrainConfig, run_training
-
-        return run_training(TrainConfig.from_dict(spec), progress=False)
-    if kind == "scale":
-        from .scale import measure
-
-        return measure(**spec)
-    raise ValueError(f"unknown cell kind {kind!r}; expected 'train' or 'scale'")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -128,16 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec_path, out_path = argv
     _die_with_parent()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # for a child started by hand; the parent sets it
     payload = json.loads(Path(spec_path).read_text())
+    import resource
+
+    import torch
+
     from .memory import is_oom, set_memory_cap
 
-    # Cap after the imports above (and torch's): the budget is what the cell adds.
-    import torch  # noqa: F401
-
+    fn = load_entry(payload["entry"])
+    # Cap after the imports above (torch's, the entry's module): the budget is what the cell adds.
     set_memory_cap(payload.get("mem_limit_bytes"))
+    t0 = time.perf_counter()
     try:
-        rec = _run(payload["kind"], payload["spec"])
-        rec = {"status": "ok", **rec}
+        rec = {"status": "ok", **fn(payload["spec"])}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a record
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -145,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         rec = {"status": "oom" if oom else "error", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
         if not oom:
             rec["traceback"] = traceback.format_exc()[-3000:]
+    rec["entry_s"] = time.perf_counter() - t0
+    rec["torch_threads"] = torch.get_num_threads()
+    rec["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     try:
         text = json.dumps(rec, default=str)
     except MemoryError:

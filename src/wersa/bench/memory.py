@@ -6,6 +6,15 @@ caught and recorded. Peak memory is the resident-set high-water mark (``VmHWM``,
 reset through ``/proc/self/clear_refs`` where Linux allows it, else
 ``ru_maxrss``) minus the resident size just before the measured phase.
 
+Memory freed before the phase but kept by the C allocator (glibc keeps freed heap
+pages resident for reuse) would be counted in that baseline, and the phase's own
+allocations, served from those pages, would not raise the resident size: 200 MiB
+allocated inside the phase could read as 0. So :meth:`PeakMemory.start` first
+hands the allocator's free pages back to the OS (``malloc_trim(0)``); from then on
+every page the phase touches shows in the resident size. Trimming once at the
+start costs nothing per step, unlike a low ``MALLOC_MMAP_THRESHOLD_``, which would
+map and fault in every large tensor afresh and slow the timed steps.
+
 GPU: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; the cap
 is the device itself (``torch.cuda.OutOfMemoryError``) or, if set, a fraction via
 ``torch.cuda.set_per_process_memory_fraction``.
@@ -13,6 +22,9 @@ is the device itself (``torch.cuda.OutOfMemoryError``) or, if set, a fraction vi
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import resource
 from typing import Any
@@ -42,6 +54,21 @@ def is_oom(exc: BaseException) -> bool:
         return True
     text = f"{type(exc).__name__}: {exc}".lower()
     return any(m in text for m in _OOM_MARKERS)
+
+
+def release_free_memory() -> bool:
+    """Return the C allocator's freed pages to the OS (glibc ``malloc_trim(0)``); ``False`` where unavailable."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def _status_kib(field: str) -> int | None:
@@ -102,6 +129,7 @@ class PeakMemory:
         self.device = torch.device(device)
         self.base = 0
         self._hwm_reset = False
+        self._trimmed = False
 
     def start(self) -> None:
         if self.device.type == "cuda":
@@ -109,6 +137,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
             return
+        self._trimmed = release_free_memory()
         try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
@@ -129,7 +158,8 @@ class PeakMemory:
 
     def info(self) -> dict[str, Any]:
         return {"method": "cuda.max_memory_allocated" if self.device.type == "cuda"
-                else ("VmHWM" if self._hwm_reset else "ru_maxrss"), "baseline_bytes": self.base}
+                else ("VmHWM" if self._hwm_reset else "ru_maxrss") + ("+malloc_trim" if self._trimmed else ""),
+                "baseline_bytes": self.base}
 
 
 def pid_rss_bytes(pid: int | None = None) -> int:

@@ -4,10 +4,17 @@ Each finished cell appends one line with ``write + flush + fsync``, so a sweep k
 at any moment loses at most the cell in flight; a line cut short by the kill (or
 edited by hand into invalid JSON) is reported and skipped when reading, never fatal.
 A re-run reads the keys of finished cells and skips them (:func:`cell_key`).
+
+A key covers everything that changes a result: the cell's full config, the run
+limits (memory cap, time limit, threads) and the code that ran it
+(:func:`code_version`: the package version, a hash of its source files and the
+torch version). A record written by other code or under other limits is not
+reused: the cell runs again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -16,19 +23,52 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-# Statuses of a finished cell. All are final: a resumed sweep does not retry them
-# (delete the lines, or pass --retry-failed, to run them again).
-STATUSES = ("ok", "oom", "timeout", "error", "skipped")
+# Statuses of a cell record. ``ok``, ``oom``, ``timeout`` and ``error`` are final: a
+# resumed sweep does not retry them (delete the lines, or pass --retry-failed, to run
+# them again). ``killed`` (a signal from outside: not the memory cap, not the time
+# limit) says nothing about the cell and is always run again.
+STATUSES = ("ok", "oom", "timeout", "error", "killed", "skipped")
+NOT_FINAL = ("killed",)
 
 
-def cell_key(spec: dict[str, Any]) -> str:
-    """A stable 16-hex-digit key of a cell: a hash of everything that defines it.
+@functools.lru_cache(maxsize=None)
+def code_version() -> dict[str, str]:
+    """The code a result was measured with: ``wersa`` version, ``source`` hash, ``torch`` version.
+
+    ``source`` hashes every ``.py`` file of the installed :mod:`wersa` package (names
+    and contents), so it is the same in a clean checkout and in an installed wheel,
+    and changes with any uncommitted edit (a git commit would miss those and is
+    absent from an installed package).
+    """
+    import torch
+
+    import wersa
+
+    return {"wersa": wersa.__version__, "source": source_hash(Path(wersa.__file__).parent),
+            "torch": torch.__version__}
+
+
+def source_hash(root: str | os.PathLike) -> str:
+    """A 16-hex-digit hash of the names and contents of every ``.py`` file under ``root``."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def cell_key(spec: dict[str, Any], limits: dict[str, Any] | None = None) -> str:
+    """A stable 16-hex-digit key of a cell: a hash of everything that changes its result.
 
     ``spec`` holds mixer, task, length, seed and the full training/model config;
-    keys are sorted so dict order does not matter. Fields that only say how to run
-    (``timeout_s``, paths) must not be in ``spec``.
+    ``limits`` the run limits (``mem_limit_bytes``, ``timeout_s``, ``threads``): an
+    ``oom`` or ``timeout`` under one limit says nothing under another. The code
+    version (:func:`code_version`) is always part of the key. Dict order does not
+    matter. Paths and other fields that only say where to run must not be in ``spec``.
     """
-    text = json.dumps(spec, sort_keys=True, default=str, separators=(",", ":"))
+    payload = {"spec": spec, "limits": limits or {}, "code": code_version()}
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -88,11 +128,14 @@ def read_results(path: str | os.PathLike, warn: bool = True) -> list[dict[str, A
 
 
 def finished_keys(records: Iterable[dict[str, Any]], retry_failed: bool = False) -> set[str]:
-    """Keys of finished cells; with ``retry_failed`` only successful (and skipped) ones count."""
+    """Keys of finished cells; with ``retry_failed`` only successful (and skipped) ones count.
+
+    ``killed`` records never count: a signal from outside says nothing about the cell.
+    """
     keys = set()
     for rec in records:
         key = rec.get("key")
-        if not key:
+        if not key or rec.get("status") in NOT_FINAL:
             continue
         if retry_failed and rec.get("status") not in ("ok", "skipped"):
             continue
@@ -106,3 +149,49 @@ def latest_by_key(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for rec in records:
         seen[rec.get("key") or id(rec)] = rec
     return list(seen.values())
+
+
+# ------------------------------------------------------------------ warnings
+def cell_warnings(rec: dict[str, Any]) -> list[str]:
+    """Why a cell's numbers may not mean what they seem, from its record's fields (empty if none).
+
+    A cell stopped by its time budget trained for fewer steps than configured (its
+    accuracy reflects the machine's speed, not the mechanism); a cell that ran with a
+    load average above the machine's core count shared its cores with other work
+    (its times are inflated, and under a time budget so is its step count).
+    """
+    out = []
+    if rec.get("stopped_by") in ("time", "max_time_s"):  # "max_time_s": records of earlier code
+        planned = (rec.get("config") or {}).get("max_steps")
+        steps = rec.get("steps")
+        of = f" after {steps} of {planned} steps" if steps is not None and planned else ""
+        out.append(f"stopped by the time budget{of}")
+    cpus = rec.get("cpu_count")
+    loads = [x for x in (rec.get("load_start"), rec.get("load_end")) if x is not None]
+    if cpus and loads and max(loads) > cpus:
+        out.append(f"ran under load {max(loads):.1f} on {cpus} cores")
+    return out
+
+
+def format_warnings(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One line per record with warnings: ``"<mixer> / <task> / seed <s>: <warning>; <warning>"``.
+
+    For a report or a command-line summary. The warnings are computed from the record
+    (:func:`cell_warnings`: the fields a sweep adds, such as ``config``, make them more
+    precise), else taken from its ``warnings`` field.
+    """
+    lines = []
+    for rec in records:
+        found = cell_warnings(rec) or rec.get("warnings") or []
+        if not found:
+            continue
+        what = [str(rec[k]) for k in ("mixer",) if rec.get(k) is not None]
+        task = rec.get("task_label") or rec.get("task")
+        if task is not None:
+            what.append(str(task))
+        elif rec.get("length") is not None:
+            what.append(f"N={rec['length']}")
+        if rec.get("seed") is not None:
+            what.append(f"seed {rec['seed']}")
+        lines.append(f"{' / '.join(what) or rec.get('key', 'cell')}: {'; '.join(found)}")
+    return lines

@@ -31,7 +31,9 @@ def measure(mixer: str, length: int, dim: int = 256, num_heads: int = 4, batch_s
     """Time and memory of mixer ``mixer`` on ``x: (batch_size, length, dim)``.
 
     Returns ``fwd_time_s`` / ``fwdbwd_time_s`` (median seconds per pass),
-    ``fwd_peak_bytes`` / ``fwdbwd_peak_bytes``, ``flops_forward``, ``params`` and ``env``.
+    ``fwd_peak_bytes`` / ``fwdbwd_peak_bytes``, ``flops_forward``, ``params``, ``regime``
+    (the computation the mixer ran at this length, for mixers that expose ``regime(n)``),
+    ``flops_time_s`` (time spent counting FLOPs) and ``env``.
     A forward that runs out of memory raises (the caller records ``oom``); a
     backward that does is recorded as ``fwdbwd_status="oom"`` with the forward kept.
     """
@@ -50,7 +52,8 @@ def measure(mixer: str, length: int, dim: int = 256, num_heads: int = 4, batch_s
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    rec: dict[str, Any] = {"params": sum(p.numel() for p in m.parameters())}
+    rec: dict[str, Any] = {"params": sum(p.numel() for p in m.parameters()),
+                           "regime": adapters.mixer_regime(m, length)}
     # Forward (inference: no autograd graph kept).
     peak = PeakMemory(dev)
     times = []
@@ -68,8 +71,10 @@ def measure(mixer: str, length: int, dim: int = 256, num_heads: int = 4, batch_s
     if count_flops:
         from .flops import count_flops as _count
 
+        t0 = time.perf_counter()
         with torch.no_grad():
             rec["flops_forward"] = _count(lambda: m(x))
+        rec["flops_time_s"] = time.perf_counter() - t0
     if backward:
         xg = x.detach().requires_grad_(True)
         peak = PeakMemory(dev)
@@ -95,6 +100,11 @@ def measure(mixer: str, length: int, dim: int = 256, num_heads: int = 4, batch_s
     return rec
 
 
+def measure_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    """Entry point of an isolated scale cell (:func:`wersa.bench.cell.run_cell`): :func:`measure` of ``spec``."""
+    return measure(**spec)
+
+
 def scale_specs(mixers: Iterable[str], lengths: Iterable[int], **common: Any) -> list[dict[str, Any]]:
     """One measurement spec per (mixer, length), mixers outermost, lengths ascending."""
     return [{"mixer": m, "length": int(n), **common} for m in mixers for n in sorted(lengths)]
@@ -112,40 +122,49 @@ def run_scale(mixers: list[str], lengths: list[int], out: str, *, dim: int = 256
     """
     from tqdm.auto import tqdm
 
-    from .cell import run_isolated
+    from .cell import run_cell
 
     adapters.load_plugins(plugins)
     mixer_options = mixer_options or {}
     for name in mixers:
         adapters.check_mixer(name)
-    # A mixer without the requested form is left out (its capabilities say so), not run to fail.
+    # A mixer without the requested form is left out (the capabilities of the instance
+    # with these options say so), not run to fail.
     form = "causal" if causal else "bidirectional"
-    mixers = [name for name in mixers if getattr(adapters.mixer_capabilities(name), form, True)]
-    done_records = read_results(out)
-    done = finished_keys(done_records, retry_failed=retry_failed)
-    failed_at: dict[str, str] = {}
-    for rec in done_records:
-        if rec.get("bench") == "scale" and rec.get("status") in ("oom", "timeout"):
-            m = rec.get("mixer")
-            failed_at[m] = f"{rec['status']} at length {rec.get('length')}"
+    caps = {name: adapters.mixer_capabilities(name, causal=causal, **mixer_options.get(name, {})) for name in mixers}
+    mixers = [name for name in mixers if getattr(caps[name], form)]
     mem = int(mem_limit_gb * 1024 ** 3) if mem_limit_gb else None
+    limits = {"mem_limit_bytes": mem, "timeout_s": timeout_s, "threads": threads}
     specs = scale_specs(mixers, lengths, dim=dim, num_heads=num_heads, batch_size=batch_size, causal=causal,
                         device=device, threads=threads, warmup=warmup, repeats=repeats, plugins=list(plugins or []))
-    new = []
-    bar = tqdm(specs, desc="scale", disable=not progress, dynamic_ncols=True)
-    for spec in bar:
+    keys = []
+    for spec in specs:
         spec["options"] = dict(mixer_options.get(spec["mixer"], {}))
         key_spec = {k: v for k, v in spec.items() if k not in ("threads", "plugins")}
-        key = cell_key({"bench": "scale", **key_spec})
+        keys.append(cell_key({"bench": "scale", **key_spec}, limits))
+    done_records = read_results(out)
+    done = finished_keys(done_records, retry_failed=retry_failed)
+    # Only failures of these very cells (same config, limits and code) skip the longer lengths.
+    failed_at: dict[str, str] = {}
+    for rec in done_records:
+        if rec.get("key") in keys and rec["key"] in done and rec.get("status") in ("oom", "timeout"):
+            failed_at[rec["mixer"]] = f"{rec['status']} at length {rec.get('length')}"
+    new = []
+    bar = tqdm(list(zip(specs, keys)), desc="scale", disable=not progress, dynamic_ncols=True)
+    for spec, key in bar:
         bar.set_postfix_str(f"{spec['mixer']} N={spec['length']}")
         if key in done:
             continue
         base = {"bench": "scale", "key": key, "mixer": spec["mixer"], "length": spec["length"], "config": spec,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        max_len = caps[spec["mixer"]].max_len
         if spec["mixer"] in failed_at:
             rec = {**base, "status": "skipped", "reason": f"longer than a failed length ({failed_at[spec['mixer']]})"}
+        elif max_len is not None and spec["length"] > max_len:
+            rec = {**base, "status": "skipped", "reason": f"longer than the mixer's max_len={max_len}"}
         else:
-            res = run_isolated("scale", spec, mem_limit_bytes=mem, timeout_s=timeout_s, threads=threads)
+            res = run_cell("wersa.bench.scale:measure_cell", spec, mem_limit_bytes=mem, timeout_s=timeout_s,
+                           threads=threads)
             rec = {**base, **res}
             if rec["status"] in ("oom", "timeout"):
                 failed_at[spec["mixer"]] = f"{rec['status']} at length {spec['length']}"

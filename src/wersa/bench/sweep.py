@@ -22,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import adapters
-from .cell import run_isolated
+from .cell import run_cell
 from .results import append_result, cell_key, finished_keys, read_results
 from .train import TrainConfig
 
@@ -86,9 +86,11 @@ def cell_configs(sweep: Sweep) -> list[tuple[TaskEntry, TrainConfig]]:
     return out
 
 
-def key_of(cfg: TrainConfig) -> str:
+def key_of(cfg: TrainConfig, sweep: Sweep | None = None) -> str:
+    """The results key of a cell: its config, the sweep's memory cap and time limit, the code version."""
     d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
-    return cell_key({"bench": "train", **d})
+    limits = None if sweep is None else {"mem_limit_gb": sweep.mem_limit_gb, "timeout_s": sweep.timeout_s}
+    return cell_key({"bench": "train", **d}, limits)
 
 
 def checkpoint_root(out: str | Path) -> Path:
@@ -145,17 +147,17 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
     done = finished_keys([r for r in read_results(out) if r.get("status") != "skipped"],
                          retry_failed=retry_failed)
     cells = cell_configs(sweep)
-    todo = [(e, c) for e, c in cells if key_of(c) not in done]
+    todo = [(e, c) for e, c in cells if key_of(c, sweep) not in done]
     ckpt_root = checkpoint_root(out)
     if not dry_run and ckpt_root.is_dir():
         # A kill between writing a cell's record and removing its checkpoints leaves them behind.
         for e, c in cells:
-            if key_of(c) in done:
-                _remove_checkpoints(ckpt_root, key_of(c))
+            if key_of(c, sweep) in done:
+                _remove_checkpoints(ckpt_root, key_of(c, sweep))
     if progress or dry_run:
         print(f"{sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, {len(todo)} to run")
     if dry_run:
-        return [{"status": "pending", "key": key_of(c), "mixer": c.mixer, "task": e.title, "seed": c.seed}
+        return [{"status": "pending", "key": key_of(c, sweep), "mixer": c.mixer, "task": e.title, "seed": c.seed}
                 for e, c in todo]
     # Which mixers and tasks are available (checked once, in this process).
     mixer_missing: dict[str, str] = {}
@@ -177,7 +179,7 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
         if max_cells is not None and ran >= max_cells:
             break
         bar.set_postfix_str(f"{cfg.mixer} / {entry.title} / seed {cfg.seed}")
-        key = key_of(cfg)
+        key = key_of(cfg, sweep)
         cfg = dataclasses.replace(cfg, cache_dir=cache_dir, plugins=list(plugins or []))
         if sweep.checkpoint_every:
             # An interrupted cell resumes from its last checkpoint on the next run.
@@ -191,8 +193,8 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
         if reason:
             rec = {**base, "status": "skipped", "reason": reason}
         else:
-            rec = {**base, **run_isolated("train", cfg.to_dict(), mem_limit_bytes=mem, timeout_s=sweep.timeout_s,
-                                          threads=cfg.threads)}
+            rec = {**base, **run_cell("wersa.bench.train:run_cell", cfg.to_dict(), mem_limit_bytes=mem,
+                                      timeout_s=sweep.timeout_s, threads=cfg.threads)}
             ran += 1
         append_result(out, rec)
         if sweep.checkpoint_every:

@@ -381,8 +381,9 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
     steps, tokens, prior_time, resumes = 0, 0, 0.0, 0
     step_times: list[float] = []
     losses: list[float] = []
-    stopped_by = "max_steps"
+    stopped_by = "steps"
     done = False
+    prior_peak = 0  # peak memory of the training done before a resume
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -391,6 +392,7 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         losses, step_times = list(state["losses"]), list(state["step_times"])
         prior_time, resumes = float(state["train_time_s"]), int(state["resumes"]) + 1
         stopped_by, done = state["stopped_by"], bool(state["done"])
+        prior_peak = int(state.get("peak_mem_bytes", 0))
     resumed_from = steps if state is not None else None
     del state
 
@@ -411,6 +413,7 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
                 "step": steps, "batches_consumed": steps, "tokens": tokens, "losses": losses,
                 "step_times": step_times, "train_time_s": train_s,
                 "resumes": resumes, "stopped_by": stopped_by, "done": finished,
+                "peak_mem_bytes": max(prior_peak, peak.peak_bytes()),
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_states(),
             })
         checkpoint_time += time.perf_counter() - t
@@ -447,7 +450,7 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         bar.set_postfix(loss=f"{lv:.3f}")
         over = cfg.max_time_s is not None and elapsed() >= cfg.max_time_s
         if dist.any_flag(over):
-            stopped_by = "max_time_s"
+            stopped_by = "time"
             break
         if store is not None and steps % cfg.checkpoint_every == 0 and steps < cfg.max_steps:
             save_checkpoint(finished=False)
@@ -456,7 +459,8 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         # Training is over: a kill during evaluation does not repeat it.
         save_checkpoint(finished=True, train_s=train_time)
     bar.close()
-    peak_bytes = peak.peak_bytes()
+    # A run resumed after training measured nothing new: its peak is the one saved with training.
+    peak_bytes = prior_peak if done else max(prior_peak, peak.peak_bytes())
 
     record: dict[str, Any] = {
         "steps": steps, "stopped_by": stopped_by, "train_time_s": train_time,
@@ -464,7 +468,7 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         "tokens_per_s": tokens / train_time if train_time > 0 else None,
         "peak_mem_bytes": peak_bytes, "peak_mem_method": peak.info()["method"],
         "params": params, "final_train_loss": float(np.mean(losses[-10:])) if losses else None,
-        "world_size": dist.world, "task_info": info.as_dict() if hasattr(info, "as_dict") else str(info),
+        "regime": adapters.model_regimes(model, cfg.length), "world_size": dist.world, "task_info": info.as_dict() if hasattr(info, "as_dict") else str(info),
     }
     if store is not None:
         record.update(resumed_from_step=resumed_from, resumes=resumes, checkpoint_time_s=checkpoint_time)
@@ -473,12 +477,18 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         record.update(evaluate(model, task, cfg, device))
         record["eval_time_s"] = time.perf_counter() - t0
         if cfg.count_flops:
+            t0 = time.perf_counter()
             fb = next(_batches(task, cfg))
             fwd, step = forward_and_step_flops(model, _to(fb, device))
-            record.update(flops_forward=fwd, flops_train_step=step)
+            record.update(flops_forward=fwd, flops_train_step=step, flops_time_s=time.perf_counter() - t0)
         if save_params:
             atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, save_params)
     record["env"] = environment(device)
     dist.barrier()
     dist.close()
     return record
+
+
+def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    """Entry point of an isolated training cell (:func:`wersa.bench.cell.run_cell`): ``spec`` is a ``TrainConfig`` dict."""
+    return run_training(TrainConfig.from_dict(spec), progress=False)
