@@ -10,7 +10,7 @@ from .registry import build_mixer, capabilities, list_mixers, mixer_class, mixer
 
 # One module per mechanism; each registers itself on import.
 _MECHANISMS = (
-    "wersa", "sdpa", "softmax", "fnet", "linformer", "performer", "waveformer",
+    "wersa", "wersa_published", "sdpa", "softmax", "fnet", "linformer", "performer", "waveformer",
     "transnormer", "hyper", "neighborhood", "mamba", "l2vit", "lla",
 )
 for _name in _MECHANISMS:
