@@ -157,8 +157,7 @@ def test_all_padding_rows_are_finite_zero(name, causal):
 
 
 # Mixers (or configurations) that cannot apply a padding mask must refuse one.
-REFUSING = [pytest.param(*p.values, {}, id=p.id) for p in UNMASKED] + [
-    pytest.param("wersa", False, {"feature_map": "published"}, id="wersa-published")]
+REFUSING = [pytest.param(*p.values, {}, id=p.id) for p in UNMASKED]
 
 
 @pytest.mark.parametrize("name,causal,opts", REFUSING)

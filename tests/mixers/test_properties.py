@@ -33,7 +33,7 @@ NAMES = wersa.list_mixers()
 # chunked / blocked / multi-level code paths. {} = the defaults.
 OPTIONS: dict[str, list[dict]] = {
     "wersa": [{}, {"levels": 1, "chunk_size": 4, "num_features": 32},
-              {"levels": 3, "chunk_size": 16, "kernel_size": 5, "num_features": 32},
+              {"levels": 3, "chunk_size": 16, "conv_size": 5, "num_features": 32},
               {"feature_map": "relu", "chunk_size": 8, "num_features": 16}],
     "performer": [{}, {"chunk_size": 4, "num_features": 32}, {"kernel": "relu", "chunk_size": 16, "num_features": 16}],
     "waveformer": [{}, {"levels": 1, "num_features": 32}, {"levels": 4, "kernel": "relu", "num_features": 16}],
