@@ -123,7 +123,7 @@ class WERSA(Mixer):
         gate_hidden: hidden width of the gate MLP (default ``dim // 4``).
         chunk_size: tokens per chunk of the causal linear attention.
         bandwidth: initial bandwidth ``b``.
-        min_bandwidth: floor of ``b = softplus(beta) + min_bandwidth``. Below about 0.1
+        min_bandwidth: floor of ``b = softplus(beta) + min_bandwidth``. Below about 0.25
             the softmax features of l2-normalised keys span more than the float range
             (the kernel ``exp(cos / b^2)`` does), so the estimator has nothing to give.
         redraw_interval: redraw ``Omega`` every this many training forwards
@@ -162,7 +162,7 @@ class WERSA(Mixer):
         self, dim: int, num_heads: int, causal: bool = False, *,
         levels: int = 2, num_features: int = 256, feature_map: str = "softmax",
         conv_size: int = 33, gate_hidden: int | None = None, chunk_size: int = 128,
-        bandwidth: float = 1.0, min_bandwidth: float = 0.1, redraw_interval: int | None = None,
+        bandwidth: float = 1.0, min_bandwidth: float = 0.25, redraw_interval: int | None = None,
         feature_seed: int = 0, dropout: float = 0.0, eps: float = 1e-6, recompute: bool = True,
         block_size: int = 2048, qkv_bias: bool = False, out_bias: bool = False,
     ):
