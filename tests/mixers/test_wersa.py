@@ -185,3 +185,32 @@ def test_projection_biases():
     m = build(qkv_bias=True, out_bias=True)
     assert m.qkv.bias is not None and m.out_proj.bias is not None
     assert build().qkv.bias is None and build().out_proj.bias is None
+
+
+# ------------------------------------------------------------- kernel accuracy
+def _kernel_errors(b, m_features, n=256, seed=0):
+    """(error vs softmax(cos/b^2), error vs softmax(cos), uniform error) of the bidirectional core."""
+    m = build(False, seed=seed, dim=32, heads=1, levels=0, num_features=m_features, feature_seed=seed).double()
+    x = torch.randn(1, n, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(50 + seed))
+    with torch.no_grad():
+        m.beta.fill_(math.log(math.expm1(b - m.min_bandwidth)))
+        approx, exact = m.attend(x), m.attend_exact(x)
+        m.beta.fill_(math.log(math.expm1(1.0 - m.min_bandwidth)))
+        exact_b1 = m.attend_exact(x)
+        v = m._heads(m.qkv(x).chunk(3, dim=-1)[2])
+    rel = lambda a, r: ((a - r).norm() / r.norm()).item()  # noqa: E731
+    return rel(approx, exact), rel(approx, exact_b1), rel(v.mean(2, keepdim=True).expand_as(v), exact)
+
+
+def test_kernel_accuracy_beats_uniform_attention_and_improves_with_features():
+    """docs/wersa.md has the full table (benchmarks/wersa_kernel_accuracy.py)."""
+    e256, _, uniform = _kernel_errors(1.0, 256)
+    e4096, _, _ = _kernel_errors(1.0, 4096)
+    assert e4096 < e256 < uniform
+    assert e4096 < 0.3 * uniform
+
+
+def test_estimated_kernel_temperature_follows_the_bandwidth():
+    """At b = 0.5 the features estimate softmax(cos / 0.25), not softmax(cos)."""
+    err_own, err_b1, _ = _kernel_errors(0.5, 4096)
+    assert err_own < err_b1
