@@ -63,9 +63,9 @@ def _modes(name: str) -> list[bool]:
 
 
 CASES = [pytest.param(n, c, id=f"{n}-{'causal' if c else 'bidir'}") for n in NAMES for c in _modes(n)]
-MASKED = [p for p in CASES if wersa.capabilities(p.values[0]).attention_mask]
+MASKED = [p for p in CASES if wersa.capabilities(p.values[0], causal=p.values[1]).attention_mask]
 LEFT = [pytest.param(n, id=n) for n in NAMES
-        if wersa.capabilities(n).left_padding and wersa.capabilities(n).causal]
+        if True in _modes(n) and wersa.capabilities(n, causal=True).left_padding]
 
 # Mixers sample keys / project with data-dependent randomness only above these sizes;
 # everything here is in eval mode, where every registered mixer is deterministic.
