@@ -31,13 +31,18 @@ def modes(name: str) -> list[bool]:
     return [c for c in (False, True) if (caps.causal if c else caps.bidirectional)]
 
 
+def caps_of(name: str, causal: bool, **opts) -> wersa.Capabilities:
+    """The claims of the instance ``build(name, causal, **opts)`` (per instance, not per class)."""
+    return wersa.capabilities(name, causal=causal, **opts)
+
+
 CASES = [pytest.param(n, c, id=f"{n}-{'causal' if c else 'bidir'}") for n in NAMES for c in modes(n)]
-CAUSAL = [pytest.param(n, id=n) for n in NAMES if wersa.capabilities(n).causal]
-RECURRENT = [pytest.param(n, id=n) for n in NAMES if wersa.capabilities(n).recurrent]
-MASKED = [p for p in CASES if wersa.capabilities(p.values[0]).attention_mask]
-UNMASKED = [p for p in CASES if not wersa.capabilities(p.values[0]).attention_mask]
+CAUSAL = [pytest.param(n, id=n) for n in NAMES if caps_of(n, True).causal and True in modes(n)]
+RECURRENT = [pytest.param(n, id=n) for n in NAMES if True in modes(n) and caps_of(n, True).recurrent]
+MASKED = [p for p in CASES if caps_of(*p.values).attention_mask]
+UNMASKED = [p for p in CASES if not caps_of(*p.values).attention_mask]
 LEFT = [pytest.param(n, id=n) for n in NAMES
-        if wersa.capabilities(n).left_padding and wersa.capabilities(n).causal]
+        if True in modes(n) and caps_of(n, True).left_padding and caps_of(n, True).attention_mask]
 
 
 def build(name: str, causal: bool, dim: int = DIM, heads: int = HEADS, seed: int = 0, **opts):
@@ -87,7 +92,7 @@ def test_causal_prefix_invariance(name, n, t):
     assert d < 1e-5, f"{name}: outputs before {t} moved by {d:.2e} when later inputs changed"
 
 
-@pytest.mark.parametrize("name", [p for p in CAUSAL if wersa.capabilities(p.values[0]).attention_mask])
+@pytest.mark.parametrize("name", [p for p in CAUSAL if caps_of(p.values[0], True).attention_mask])
 def test_causal_prefix_invariance_with_padding(name):
     m = build(name, True)
     n, t = 30, 13
@@ -157,8 +162,7 @@ def test_all_padding_rows_are_finite_zero(name, causal):
 
 
 # Mixers (or configurations) that cannot apply a padding mask must refuse one.
-REFUSING = [pytest.param(*p.values, {}, id=p.id) for p in UNMASKED] + [
-    pytest.param("wersa", False, {"feature_map": "published"}, id="wersa-published")]
+REFUSING = [pytest.param(*p.values, {}, id=p.id) for p in UNMASKED]
 
 
 @pytest.mark.parametrize("name,causal,opts", REFUSING)
@@ -199,7 +203,7 @@ def test_prefill_then_step_equals_parallel(name, prompt):
     assert (torch.cat([yp, yr], 1) - y).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("name", [p for p in RECURRENT if wersa.capabilities(p.values[0]).left_padding])
+@pytest.mark.parametrize("name", [p for p in RECURRENT if caps_of(p.values[0], True).left_padding])
 def test_padded_steps_equal_masked_parallel(name):
     m = build(name, True)
     n, pad = 15, 4
@@ -218,7 +222,77 @@ def test_padded_steps_equal_masked_parallel(name):
     assert (torch.cat(outs, 1) - y).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("name", [p for p in RECURRENT if wersa.capabilities(p.values[0]).constant_state])
+# Interior padding (a padded position between real tokens): the parallel pass must treat
+# it as step does (skipped), or the mixer must refuse such masks.
+INTERIOR_KNOWN_FAILING = {"mamba": "parallel pass and step disagree on interior padding (9e-2 in float64)"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(p.values[0], id=p.id, marks=pytest.mark.xfail(reason=INTERIOR_KNOWN_FAILING[p.values[0]],
+                                                              strict=True))
+    if p.values[0] in INTERIOR_KNOWN_FAILING else p
+    for p in RECURRENT if caps_of(p.values[0], True).attention_mask])
+def test_interior_padding_step_equals_parallel(name):
+    m = build(name, True).double()
+    x = x_of(12, dtype=torch.float64)
+    mask = torch.tensor([[1] * 8 + [0, 0] + [1, 1], [1] * 12]).bool()
+    try:
+        with torch.no_grad():
+            y = m(x, attention_mask=mask)
+    except ValueError as exc:  # refusing a mask it cannot honour is allowed, with a clear message
+        assert name in str(exc) and "attention_mask" in str(exc)
+        return
+    with torch.no_grad():
+        ys, _ = m.step_through(x, attention_mask=mask)
+        prompt = torch.tensor([[1] * 6 + [0] * 3, [1] * 9]).bool()  # a right-padded prompt
+        yp, state = m.prefill(x[:, :9], attention_mask=prompt)
+        yr, _ = m.step_through(x[:, 9:], state)
+        ys2, state2 = m.step_through(x[:, :9], attention_mask=prompt)
+        yr2, _ = m.step_through(x[:, 9:], state2)
+    assert (ys - y).abs().max().item() < 1e-10
+    assert (torch.cat([yp, yr], 1) - torch.cat([ys2, yr2], 1)).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_step_checks_shapes_without_scanning_values(name):
+    m = build(name, True)
+    state = m.init_state(BATCH)
+    with pytest.raises(ValueError, match="shape"):
+        m.step(torch.randn(BATCH, 3, DIM), state)
+    with pytest.raises(ValueError, match="width"):
+        m.step(torch.randn(BATCH, DIM + 1), state)
+    with pytest.raises(ValueError, match="attention_mask"):
+        m.step(torch.randn(BATCH, DIM), state, attention_mask=torch.ones(BATCH + 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="NaN"):  # the one-off scan of step_through
+        m.step_through(torch.full((BATCH, 3, DIM), float("nan")))
+
+
+# Options that change what an instance claims (filtered to the options each build accepts).
+CLAIM_OPTIONS = {
+    "linformer": [{"max_len": 64}, {"max_len": 300}],
+    "hyper": [{"min_seq_len": 8}, {"min_seq_len": 4096}],
+    "wersa": [{"feature_map": "relu"}, {"levels": 0}, {"recompute": False}],
+    "wersa_published": [{"levels": 0}],
+    "transnormer": [{"attention": "diag"}, {"attention": "norm"}],
+    "l2vit": [{"lcm": False}],
+    "performer": [{"kernel": "relu"}],
+}
+
+
+CAPS_KNOWN_FAILING = {"linformer": "capabilities_for ignores max_len (the instance claims its own max_len)"}
+
+
+@pytest.mark.parametrize("name,causal", [
+    pytest.param(*p.values, id=p.id, marks=pytest.mark.xfail(reason=CAPS_KNOWN_FAILING[p.values[0]], strict=True))
+    if p.values[0] in CAPS_KNOWN_FAILING else p for p in CASES])
+def test_instance_capabilities_equal_registry_answer(name, causal):
+    accepted = wersa.mixer_options(name)
+    for opts in [{}] + [o for o in CLAIM_OPTIONS.get(name, []) if set(o) <= set(accepted)]:
+        m = build(name, causal, **opts)
+        assert m.capabilities == caps_of(name, causal, **opts), (name, causal, opts)
+
+
+@pytest.mark.parametrize("name", [p for p in RECURRENT if caps_of(p.values[0], True).constant_state])
 def test_constant_state_does_not_grow(name):
     m = build(name, True)
     with torch.no_grad():
@@ -240,7 +314,7 @@ def test_constant_state_does_not_grow(name):
 @pytest.mark.parametrize("name,causal", CASES)
 def test_non_recurrent_step_is_refused(name, causal):
     m = build(name, causal)
-    if wersa.capabilities(name).recurrent and causal:
+    if m.capabilities.recurrent and causal:
         return
     with pytest.raises(ValueError):
         m.init_state(1)
@@ -306,10 +380,10 @@ def test_bad_construction_gives_clear_errors(name):
     with pytest.raises(ValueError, match="unknown option"):
         wersa.build_mixer(name, dim=DIM, num_heads=HEADS, causal=causal, not_an_option=1)
     caps = wersa.capabilities(name)
-    if not caps.causal:
+    if True not in modes(name):
         with pytest.raises(ValueError, match="causal"):
             wersa.build_mixer(name, dim=DIM, num_heads=HEADS, causal=True)
-    if not caps.bidirectional:
+    if False not in modes(name) and not caps.bidirectional:
         with pytest.raises(ValueError, match="causal"):
             wersa.build_mixer(name, dim=DIM, num_heads=HEADS, causal=False)
 

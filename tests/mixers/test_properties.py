@@ -33,7 +33,7 @@ NAMES = wersa.list_mixers()
 # chunked / blocked / multi-level code paths. {} = the defaults.
 OPTIONS: dict[str, list[dict]] = {
     "wersa": [{}, {"levels": 1, "chunk_size": 4, "num_features": 32},
-              {"levels": 3, "chunk_size": 16, "kernel_size": 5, "num_features": 32},
+              {"levels": 3, "chunk_size": 16, "conv_size": 5, "num_features": 32},
               {"feature_map": "relu", "chunk_size": 8, "num_features": 16}],
     "performer": [{}, {"chunk_size": 4, "num_features": 32}, {"kernel": "relu", "chunk_size": 16, "num_features": 16}],
     "waveformer": [{}, {"levels": 1, "attention": "softmax"},
@@ -67,9 +67,9 @@ def _modes(name: str) -> list[bool]:
 
 
 CASES = [pytest.param(n, c, id=f"{n}-{'causal' if c else 'bidir'}") for n in NAMES for c in _modes(n)]
-MASKED = [p for p in CASES if wersa.capabilities(p.values[0]).attention_mask]
+MASKED = [p for p in CASES if wersa.capabilities(p.values[0], causal=p.values[1]).attention_mask]
 LEFT = [pytest.param(n, id=n) for n in NAMES
-        if wersa.capabilities(n).left_padding and wersa.capabilities(n).causal]
+        if True in _modes(n) and wersa.capabilities(n, causal=True).left_padding]
 
 # Mixers sample keys / project with data-dependent randomness only above these sizes;
 # everything here is in eval mode, where every registered mixer is deterministic.

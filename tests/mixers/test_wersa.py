@@ -1,11 +1,12 @@
 """WERSA-specific promises (the shared matrix covers causality, padding, recurrence).
 
 * the random features converge to exact softmax attention (measured vs SDPA);
-* the bandwidth is a real temperature (it is a no-op in the published computation);
-* ``feature_map="published"`` reproduces the published bidirectional computation;
-* the published features ignore the angle between q and k, ours do not;
+* the bandwidth is a real temperature;
 * long sequences: finite gradients at 16k tokens in float32 and bfloat16;
-* options: redraw, relu, exact, refusals.
+* options: redraw, relu, renamed options and parameters, refusals.
+
+The published computation is tested in ``test_wersa_published.py``; padding, step and
+prefill over a grid of options in ``test_wersa_grid.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import wersa
-from wersa.ops.feature_maps import gaussian_random_matrix, relu_features
+from wersa.mixers.wersa import exact_kernel_attention
 
 
 def build(causal=False, seed=0, **opts):
@@ -55,11 +56,22 @@ def test_kernel_converges_to_softmax_attention(causal):
     assert errors[64] > errors[256] > errors[1024] > errors[4096]
 
 
-def test_exact_feature_map_equals_sdpa():
-    m = build(levels=0, feature_map="exact", dim=64, heads=1).double()
+@pytest.mark.parametrize("causal", [False, True])
+def test_exact_kernel_oracle_equals_sdpa(causal):
+    m = build(causal, levels=0, dim=64, heads=1).double()
     x = torch.randn(1, 50, 64, dtype=torch.float64)
     with torch.no_grad():
-        assert torch.allclose(m.attend(x), exact_core(m, x, False), atol=1e-6)
+        m.beta.fill_(math.log(math.expm1(1.0 - m.min_bandwidth)))  # b = 1
+        assert torch.allclose(m.attend_exact(x), exact_core(m, x, causal), atol=1e-12)
+        q, k, v = (m._heads(t) for t in m.qkv(x).chunk(3, dim=-1))
+        y = exact_kernel_attention(q, k, v, m.bandwidth, causal=causal)
+        assert torch.allclose(y, exact_core(m, x, causal), atol=1e-12)
+
+
+@pytest.mark.parametrize("old", ["published", "exact"])
+def test_moved_feature_maps_say_where_they_went(old):
+    with pytest.raises(ValueError, match="wersa_published" if old == "published" else "exact_kernel_attention"):
+        build(feature_map=old)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -70,83 +82,6 @@ def test_bandwidth_changes_the_output(causal):
         y = m(x)
         m.beta.add_(2.0)
         assert (m(x) - y).abs().max().item() > 1e-2
-
-
-def test_bandwidth_is_a_no_op_in_the_published_computation():
-    m = build(feature_map="published")
-    x = torch.randn(2, 40, 32)
-    with torch.no_grad():
-        y = m(x)
-        m.beta.add_(3.0)
-        assert (m(x) - y).abs().max().item() < 1e-4
-
-
-def test_published_kernel_ignores_the_angle_ours_does_not():
-    torch.manual_seed(0)
-    d, m = 16, 2048
-    q = F.normalize(torch.randn(400, d, dtype=torch.float64), dim=-1)
-    k = F.normalize(torch.randn(400, d, dtype=torch.float64), dim=-1)
-    cos = (q * k).sum(-1)
-    g = torch.Generator().manual_seed(1)
-    wq, wk = (gaussian_random_matrix(m, d, std=d ** -0.5, generator=g, dtype=torch.float64) for _ in range(2))
-    published = (relu_features(q, wq) * relu_features(k, wk)).sum(-1)
-    shared = (relu_features(q, wq) * relu_features(k, wq)).sum(-1)
-    corr_pub = np.corrcoef(published.numpy(), cos.numpy())[0, 1]
-    corr_shared = np.corrcoef(shared.numpy(), cos.numpy())[0, 1]
-    assert abs(corr_pub) < 0.2 and corr_shared > 0.9
-
-
-def published_reference(m, x):
-    """An independent transcription of the published bidirectional computation (PyWavelets DWT)."""
-    import pywt
-    B, N, D = x.shape
-    H, d, L = m.num_heads, m.head_dim, m.levels
-    q, k, v = m.qkv(x).chunk(3, dim=-1)
-    q, k = F.gelu(q), F.gelu(k)
-    gates = torch.sigmoid(m.gate_mlp(F.conv1d(x.transpose(1, 2), m.gate_conv.weight, m.gate_conv.bias,
-                                              padding="same", groups=D).transpose(1, 2)))  # (B, N, L+1)
-    n_pow2 = max(1 << (N - 1).bit_length(), 2 ** L)
-
-    def filt(t):  # (B, N, D) -> (B, N, D), per head channel
-        t = F.pad(t, (0, 0, 0, n_pow2 - N)).numpy()
-        coeffs = pywt.wavedec(t, "haar", level=L, axis=1)
-        out = []
-        for i, c in enumerate(coeffs):
-            idx = np.floor(np.arange(c.shape[1]) * (N / c.shape[1])).astype(int)  # nearest resampling
-            g = (gates[:, idx, i] * m.scale_weights[i]).numpy()
-            out.append(c * g[:, :, None])
-        return torch.from_numpy(pywt.waverec(out, "haar", axis=1)[:, :N])
-
-    q, k = filt(q), filt(k)
-    b = F.softplus(m.beta) + 0.1
-    heads = lambda t: t.reshape(B, N, H, d).transpose(1, 2)  # noqa: E731
-    q, k, v = heads(q), heads(k), heads(v)
-    phi_q = torch.relu((q / b) @ m.omega[0].T) / math.sqrt(m.num_features)
-    phi_k = torch.relu((k / b) @ m.omega[1].T) / math.sqrt(m.num_features)
-    kv = phi_k.transpose(-1, -2) @ v
-    y = (phi_q @ kv) / (phi_q @ phi_k.sum(2, keepdim=True).transpose(-1, -2) + 1e-6)
-    y = F.layer_norm(y, (d,), m.head_norm.weight, m.head_norm.bias, m.head_norm.eps)
-    return m.out(y.transpose(1, 2).reshape(B, N, D))
-
-
-@pytest.mark.parametrize("n", [13, 64, 100])
-def test_published_option_reproduces_the_published_computation(n):
-    m = build(feature_map="published", levels=2, kernel_size=33).double()
-    with torch.no_grad():
-        m.scale_weights.copy_(torch.tensor([0.3, 0.9, 1.7]))
-        m.beta.fill_(0.4)
-        x = torch.randn(2, n, 32, dtype=torch.float64)
-        assert torch.allclose(m(x), published_reference(m, x), atol=1e-9)
-
-
-def test_published_option_refuses_causal_and_padding():
-    with pytest.raises(ValueError, match="not causal"):
-        build(causal=True, feature_map="published")
-    m = build(feature_map="published")
-    mask = torch.ones(2, 10, dtype=torch.bool)
-    mask[0, 5:] = False
-    with pytest.raises(ValueError, match="attention_mask"):
-        m(torch.randn(2, 10, 32), attention_mask=mask)
 
 
 @pytest.mark.parametrize("levels,n", [(3, 64), (3, 61), (2, 30)])
@@ -189,19 +124,9 @@ def test_feature_redraw_only_in_training():
     assert torch.equal(again.omega, m.omega), "redraws are reproducible"
 
 
-def test_relu_and_exact_options():
-    x = torch.randn(2, 20, 32)
-    for fm in ("relu", "exact"):
-        for causal in (False, True):
-            y = build(causal, feature_map=fm)(x)
-            assert y.shape == x.shape and torch.isfinite(y).all()
-    with pytest.raises(ValueError, match="recurrent"):
-        build(True, feature_map="exact").init_state(1)
-
-
 @pytest.mark.parametrize("option,value", [("levels", -1), ("num_features", 0), ("feature_map", "cosine"),
-                                          ("kernel_size", 0), ("chunk_size", 0), ("bandwidth", 0.0),
-                                          ("redraw_interval", 0)])
+                                          ("conv_size", 0), ("chunk_size", 0), ("bandwidth", 0.0),
+                                          ("min_bandwidth", 0.0), ("redraw_interval", 0)])
 def test_invalid_options(option, value):
     with pytest.raises(ValueError, match=option):
         build(**{option: value})
@@ -217,3 +142,75 @@ def test_finite_gradients_at_16k_tokens(causal, dtype):
     assert torch.isfinite(y.float()).all()
     assert torch.isfinite(x.grad.float()).all()
     assert all(torch.isfinite(p.grad.float()).all() for p in m.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------- renamed names
+def test_old_option_names_still_work_with_a_future_warning():
+    with pytest.warns(FutureWarning, match="recompute"):
+        m = wersa.build_mixer("wersa", dim=32, num_heads=2, fused=False)
+    assert m.recompute is False
+    with pytest.warns(FutureWarning, match="conv_size"):
+        m = wersa.build_mixer("wersa", dim=32, num_heads=2, kernel_size=7)
+    assert m.conv_size == 7 and m.gate_conv.kernel_size == (7,)
+
+
+def test_old_config_options_still_build():
+    from wersa.models import WersaConfig, WersaForSequenceClassification
+
+    with pytest.warns(FutureWarning):
+        cfg = WersaConfig(mixer="wersa", mixer_options={"fused": False, "kernel_size": 5, "levels": 1},
+                          hidden_size=32, num_attention_heads=2, num_hidden_layers=1, vocab_size=11,
+                          num_labels=2)
+        model = WersaForSequenceClassification(cfg)
+    mixer = model.wersa.layers[0].mixer if hasattr(model, "wersa") else next(
+        mod for mod in model.modules() if isinstance(mod, wersa.mixers.wersa.WERSA))
+    assert mixer.conv_size == 5 and mixer.recompute is False
+
+
+def test_a_0_1_0_state_dict_loads():
+    """0.1.0 named the output projection ``out``; such checkpoints load into ``out_proj``."""
+    m = build()
+    old = {("out." + k[len("out_proj."):] if k.startswith("out_proj.") else k): v.clone()
+           for k, v in m.state_dict().items()}
+    assert "out.weight" in old and "out_proj.weight" not in old
+    fresh = build(seed=5)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.out_proj.weight, m.out_proj.weight)
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), m(x))
+
+
+def test_projection_biases():
+    m = build(qkv_bias=True, out_bias=True)
+    assert m.qkv.bias is not None and m.out_proj.bias is not None
+    assert build().qkv.bias is None and build().out_proj.bias is None
+
+
+# ------------------------------------------------------------- kernel accuracy
+def _kernel_errors(b, m_features, n=256, seed=0):
+    """(error vs softmax(cos/b^2), error vs softmax(cos), uniform error) of the bidirectional core."""
+    m = build(False, seed=seed, dim=32, heads=1, levels=0, num_features=m_features, feature_seed=seed).double()
+    x = torch.randn(1, n, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(50 + seed))
+    with torch.no_grad():
+        m.beta.fill_(math.log(math.expm1(b - m.min_bandwidth)))
+        approx, exact = m.attend(x), m.attend_exact(x)
+        m.beta.fill_(math.log(math.expm1(1.0 - m.min_bandwidth)))
+        exact_b1 = m.attend_exact(x)
+        v = m._heads(m.qkv(x).chunk(3, dim=-1)[2])
+    rel = lambda a, r: ((a - r).norm() / r.norm()).item()  # noqa: E731
+    return rel(approx, exact), rel(approx, exact_b1), rel(v.mean(2, keepdim=True).expand_as(v), exact)
+
+
+def test_kernel_accuracy_beats_uniform_attention_and_improves_with_features():
+    """docs/wersa.md has the full table (benchmarks/wersa_kernel_accuracy.py)."""
+    e256, _, uniform = _kernel_errors(1.0, 256)
+    e4096, _, _ = _kernel_errors(1.0, 4096)
+    assert e4096 < e256 < uniform
+    assert e4096 < 0.3 * uniform
+
+
+def test_estimated_kernel_temperature_follows_the_bandwidth():
+    """At b = 0.5 the features estimate softmax(cos / 0.25), not softmax(cos)."""
+    err_own, err_b1, _ = _kernel_errors(0.5, 4096)
+    assert err_own < err_b1

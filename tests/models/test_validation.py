@@ -90,13 +90,18 @@ def test_unsupported_requests_name_the_mixer(mixer):
 @pytest.mark.parametrize("opts,match", [
     ({"levels": -1}, "levels must be a non-negative integer"),
     ({"num_features": 0}, "num_features must be a positive integer"),
-    ({"levls": 2}, "unknown option.*levls"),
 ])
 def test_invalid_mixer_options_fail_when_the_model_is_built(opts, match):
-    """WersaConfig stores mixer_options as given; the mixer refuses them when the model is built."""
+    """WersaConfig stores option values as given; the mixer refuses bad values when the model is built."""
     cfg = WersaConfig(mixer="wersa", mixer_options=opts, **CFG)
     with pytest.raises(ValueError, match=match):
         WersaModel(cfg)
+
+
+def test_unknown_mixer_option_is_refused_by_the_config():
+    """Option names are checked when the config is built (it asks wersa.capabilities with them)."""
+    with pytest.raises(ValueError, match="unknown option.*levls.*did you mean 'levels'"):
+        WersaConfig(mixer="wersa", mixer_options={"levls": 2}, **CFG)
 
 
 def test_config_unknown_layer_mixer_suggests():

@@ -6,7 +6,7 @@
 * ``gradcheck`` of the fused node and of the lean Haar filter / causal pyramid;
 * the prefill form returns the same running sums as the chunked reference;
 * the WERSA mixer gives the same outputs and parameter gradients with
-  ``fused=True`` and ``fused=False``;
+  ``recompute=True`` and ``recompute=False``;
 * memory: the fused node saves no ``(N, m)`` tensor (counted with saved-tensor hooks).
 """
 
@@ -19,7 +19,7 @@ from torch.autograd import gradcheck
 import wersa
 from wersa.ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_lean
 from wersa.ops.favor_attention import favor_attention, favor_attention_reference, favor_attention_with_state
-from wersa.ops.feature_maps import orthogonal_random_matrix, softmax_kernel_features
+from wersa.ops.feature_maps import normalized_key_shift, orthogonal_random_matrix, softmax_kernel_features
 from wersa.ops.haar import haar_filter, haar_filter_lean, padded_length
 from wersa.ops.linear_attention import causal_linear_attention
 
@@ -52,11 +52,15 @@ def assert_close_with_grads(a, r, params):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("n, chunk, block", [(37, 4, 10), (5, 8, 2048), (64, 16, 32), (1, 3, 3)])
-def test_fused_equals_reference(causal, masked, n, chunk, block):
+@pytest.mark.parametrize("shifted", [False, True])
+def test_fused_equals_reference(causal, masked, n, chunk, block, shifted):
     q, k, v, omega, bw = inputs(n)
     mask = padding_mask(2, n) if masked and n > 8 else None
-    a = favor_attention(q, k, v, omega, bw, causal=causal, key_mask=mask, chunk_size=chunk, block_size=block)
-    r = favor_attention_reference(q, k, v, omega, bw, causal=causal, key_mask=mask, chunk_size=chunk)
+    shift = normalized_key_shift(omega, bw) if shifted else None
+    a = favor_attention(q, k, v, omega, bw, causal=causal, key_mask=mask, chunk_size=chunk, block_size=block,
+                        key_shift=shift)
+    r = favor_attention_reference(q, k, v, omega, bw, causal=causal, key_mask=mask, chunk_size=chunk,
+                                  key_shift=shift)
     assert_close_with_grads(a, r, (q, k, v, bw))
 
 
@@ -160,9 +164,9 @@ def test_lean_causal_pyramid(levels):
 def test_wersa_fused_equals_plain(causal):
     torch.manual_seed(0)
     fused = wersa.build_mixer("wersa", dim=8, num_heads=2, causal=causal, levels=2, num_features=6,
-                              kernel_size=5, chunk_size=4, block_size=8).to(F64)
+                              conv_size=5, chunk_size=4, block_size=8).to(F64)
     plain = wersa.build_mixer("wersa", dim=8, num_heads=2, causal=causal, levels=2, num_features=6,
-                              kernel_size=5, chunk_size=4, fused=False).to(F64)
+                              conv_size=5, chunk_size=4, recompute=False).to(F64)
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(2, 14, 8, dtype=F64, requires_grad=True)
     mask = padding_mask(2, 14)
@@ -184,7 +188,7 @@ def test_wersa_fused_prefill_equals_plain():
     fused = wersa.build_mixer("wersa", dim=16, num_heads=2, causal=True, num_features=8, chunk_size=4,
                               block_size=8).to(F64).eval()
     plain = wersa.build_mixer("wersa", dim=16, num_heads=2, causal=True, num_features=8, chunk_size=4,
-                              fused=False).to(F64).eval()
+                              recompute=False).to(F64).eval()
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(2, 19, 16, dtype=F64)
     with torch.no_grad():

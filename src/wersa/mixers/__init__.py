@@ -12,7 +12,7 @@ from .registry import MIXERS, build_mixer, capabilities, list_mixers, mixer_clas
 
 # One module per mechanism; each registers itself on import.
 _MECHANISMS = (
-    "wersa", "sdpa", "softmax", "fnet", "linformer", "performer", "waveformer",
+    "wersa", "wersa_published", "sdpa", "softmax", "fnet", "linformer", "performer", "waveformer",
     "transnormer", "hyper", "neighborhood", "mamba", "l2vit", "lla",
 )
 for _name in _MECHANISMS:

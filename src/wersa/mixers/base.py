@@ -123,7 +123,7 @@ class Mixer(nn.Module):
                 return t
         return None
 
-    def _check_x(self, x: Tensor, what: str = "x", rank: int = 3) -> None:
+    def _check_x(self, x: Tensor, what: str = "x", rank: int = 3, scan: bool = True) -> None:
         name = self.capabilities.name
         if not isinstance(x, Tensor):
             raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(x).__name__}")
@@ -151,7 +151,7 @@ class Mixer(nn.Module):
                     f"{name}: {what} has dtype {x.dtype} but the mixer's parameters are {ref.dtype}; "
                     f"cast the module with .to({x.dtype}) or use torch.autocast"
                 )
-        if self.check_finite and x.numel() and not bool(torch.isfinite(x).all()):
+        if scan and self.check_finite and x.numel() and not bool(torch.isfinite(x).all()):
             raise ValueError(
                 f"{name}: {what} contains NaN or Inf; check the layer that produced it "
                 f"(set mixer.check_finite = False to skip this check)"
@@ -182,6 +182,22 @@ class Mixer(nn.Module):
                 f"({self.capabilities.summary}); pass unpadded sequences of equal length"
             )
         return mask
+
+    def _check_step_mask(self, mask: Tensor, batch: int, device) -> Tensor:
+        """A ``(B,)`` step mask as bool, checked without reading its values (no host sync).
+
+        Padded steps are applied with ``torch.where`` whatever the values, so a mixer that
+        cannot apply a mask is refused by :meth:`_check_mask` in ``prefill`` / ``step_through``.
+        """
+        name = self.capabilities.name
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"{name}: attention_mask must be a torch.Tensor, got {type(mask).__name__}")
+        if mask.numel() != batch or mask.dim() > 2 or (mask.dim() == 2 and mask.shape[1] != 1):
+            raise ValueError(f"{name}: a step's attention_mask must have shape (B,) = ({batch},), "
+                             f"got {tuple(mask.shape)}")
+        if mask.device != device:
+            raise ValueError(f"{name}: attention_mask is on {mask.device} but x_t is on {device}")
+        return mask.reshape(batch) != 0
 
     def _check_length(self, n: int) -> None:
         caps = self.capabilities
@@ -249,14 +265,20 @@ class Mixer(nn.Module):
 
         ``attention_mask``: optional ``(B,)``; a ``False`` entry marks a padding
         token: its output is zero and that sequence's state is left unchanged.
+
+        No host sync per token: ``x_t`` is not scanned for NaN/Inf and the mask's values
+        are not read (shapes, dtypes and devices are checked). :meth:`step_through`,
+        :meth:`prefill` and ``forward`` scan their inputs once.
         """
         self._require_recurrent()
-        self._check_x(x_t, "x_t", rank=2)
+        # Per-token path: checks that read tensor values (the NaN/Inf scan, "is any token
+        # padded?") force a device-to-host sync per generated token on an accelerator, so
+        # step checks shapes, dtypes and devices only; forward, prefill and step_through
+        # scan their whole input once.
+        self._check_x(x_t, "x_t", rank=2, scan=False)
         mask = None
         if attention_mask is not None:
-            mask = self._check_mask(attention_mask.reshape(-1, 1) if isinstance(attention_mask, Tensor)
-                                    else attention_mask, x_t.shape[0], 1, x_t.device)
-            mask = None if mask is None else mask[:, 0]
+            mask = self._check_step_mask(attention_mask, x_t.shape[0], x_t.device)
         y, new_state = self._step(x_t, state)
         if mask is not None:
             new_state = self._select_state(mask, new_state, state)
@@ -272,6 +294,8 @@ class Mixer(nn.Module):
         """
         self._require_recurrent()
         self._check_x(x)
+        if attention_mask is not None:  # validated once here; step itself does not scan values
+            self._check_mask(attention_mask, x.shape[0], x.shape[1], x.device)
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         outs = []

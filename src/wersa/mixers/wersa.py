@@ -24,32 +24,44 @@ and ``m`` random features:
 ``feature_map`` selects step 4:
 
 * ``"softmax"`` (default): positive FAVOR+ features, ``E[phi(q).phi(k)] = exp(q.k)``.
+  Keys are shifted by one constant per head that depends on ``Omega`` and ``b`` only
+  (:func:`~wersa.ops.feature_maps.normalized_key_shift`): it cancels in the ratio and
+  keeps the features above the denominator guard at small bandwidths.
 * ``"relu"``: ReLU features with the shared matrix (cheaper, not a softmax kernel;
   the bandwidth cancels, as ReLU is positively homogeneous).
-* ``"exact"``: the kernel the features estimate, computed exactly in ``O(N^2)``
-  (``softmax(cos(q,k) / b^2)``): the oracle random features converge to.
-* ``"published"``: the computation of the public reference code, kept for
-  comparison (bidirectional only): GELU on q and k, DWT zero-padded to a power of
-  two, gates nearest-resampled to each band, ``b = softplus(beta) + 0.1``, two
-  independent Gaussian matrices for q and k with ReLU features (the kernel then
-  ignores the angle between q and k, and ``b`` cancels). Its causal path is not
-  causal, so ``causal=True`` with it is refused.
+
+The kernel the softmax features estimate, ``softmax(cos(q, k) / b^2)``, is computed
+exactly (``O(N^2)``) by :func:`exact_kernel_attention` / :meth:`WERSA.attend_exact`:
+the oracle of the tests and of the kernel-accuracy table (docs/wersa.md). The
+published computation is the separate mixer ``wersa_published``
+(:mod:`wersa.mixers.wersa_published`).
+
+Padding. Haar blocks, the gate convolution and the pyramid windows depend on where a
+token sits, so with a mask the real tokens are first moved to the front of each row
+(:mod:`wersa.ops.compaction`) and the outputs moved back: any padding pattern (right,
+left, interior) gives the outputs of the unpadded sequence, and the parallel form
+equals ``step``, which skips padded tokens.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.compaction import compaction, gather_tokens
 from ..ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_lean, causal_haar_pyramid_step
 from ..ops.depthwise_conv import depthwise_conv1d
 from ..ops.favor_attention import favor_attention, favor_attention_with_state
-from ..ops.feature_maps import gaussian_random_matrix, orthogonal_random_matrix, relu_features, softmax_kernel_features
-from ..ops.haar import block_mean, haar_dwt, haar_filter, haar_filter_lean, haar_idwt, padded_length
+from ..ops.feature_maps import (
+    normalized_key_shift,
+    orthogonal_random_matrix,
+    relu_features,
+    softmax_kernel_features,
+)
+from ..ops.haar import block_mean, haar_filter, haar_filter_lean, padded_length
 from ..ops.linear_attention import (
     LinearAttentionState,
     causal_linear_attention,
@@ -61,9 +73,37 @@ from ..ops.softmax_attention import softmax_attention_reference
 from .base import Capabilities, Mixer
 from .registry import register_mixer
 
-FEATURE_MAPS = ("softmax", "relu", "exact", "published")
-_BANDWIDTH_FLOOR = 1e-3
-_PUBLISHED_BANDWIDTH_FLOOR = 0.1
+FEATURE_MAPS = ("softmax", "relu")
+_MOVED_FEATURE_MAPS = {
+    "published": "the published computation is the mixer 'wersa_published' (bidirectional, no mask)",
+    "exact": ("the exact kernel is the oracle function wersa.mixers.wersa.exact_kernel_attention "
+              "(or WERSA.attend_exact on a built mixer)"),
+}
+_NORM_EPS = 1e-6
+
+
+def exact_kernel_attention(q: Tensor, k: Tensor, v: Tensor, bandwidth: Tensor, *, causal: bool,
+                           key_mask: Tensor | None = None) -> Tensor:
+    """The kernel WERSA's softmax features estimate, computed exactly: ``O(N^2)``.
+
+    ``softmax(cos(q_i, k_j) / b^2) v`` per head, i.e. softmax attention of
+    ``q / (|q| b)`` and ``k / (|k| b)`` with scale 1. ``q, k, v``: ``(B, H, N, d)``;
+    ``bandwidth``: ``(H,)``; ``key_mask``: ``(B, N)`` bool. Returns ``(B, H, N, d)``.
+    """
+    b = bandwidth.view(1, -1, 1, 1).to(q.dtype)
+    qn, kn = F.normalize(q, dim=-1, eps=_NORM_EPS) / b, F.normalize(k, dim=-1, eps=_NORM_EPS) / b
+    return softmax_attention_reference(qn, kn, v, causal=causal, key_mask=key_mask, scale=1.0)
+
+
+def _last_tokens(x: Tensor, lengths: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The last ``count`` real tokens of right-padded rows: ``(B, N, D) -> (B, count, D)``.
+
+    Row ``b`` holds ``x[b, lengths[b] - count : lengths[b]]``, zeros before the start;
+    also returns the ``(B, count)`` bool mask of positions at or after the start.
+    """
+    index = lengths.view(-1, 1) + torch.arange(count, device=x.device)  # in the left-padded frame
+    out = gather_tokens(F.pad(x, (0, 0, count, 0)), index)
+    return out, index >= count
 
 
 def _inverse_softplus(y: float) -> float:
@@ -78,25 +118,32 @@ class WERSA(Mixer):
         dim, num_heads, causal: see :class:`~wersa.mixers.base.Mixer`.
         levels: wavelet levels ``L`` (0 disables the multi-resolution filter).
         num_features: random features ``m`` per head.
-        feature_map: ``"softmax"`` | ``"relu"`` | ``"exact"`` | ``"published"``.
-        kernel_size: width of the depthwise gate convolution.
+        feature_map: ``"softmax"`` | ``"relu"``.
+        conv_size: width of the depthwise gate convolution.
         gate_hidden: hidden width of the gate MLP (default ``dim // 4``).
         chunk_size: tokens per chunk of the causal linear attention.
         bandwidth: initial bandwidth ``b``.
+        min_bandwidth: floor of ``b = softplus(beta) + min_bandwidth``. Below about 0.25
+            the softmax features of l2-normalised keys span more than the float range
+            (the kernel ``exp(cos / b^2)`` does), so the estimator has nothing to give.
         redraw_interval: redraw ``Omega`` every this many training forwards
             (``None``: never). Eval mode never redraws.
         feature_seed: seed of the random matrices (reproducible, saved with the model).
         dropout: dropout inside the gate MLP.
         eps: denominator guard of the linear attention.
-        fused: compute the wavelet filter and the softmax-feature attention with
+        recompute: compute the wavelet filter and the softmax-feature attention with
             memory-lean autograd nodes that recompute intermediates (features,
             Haar coefficients, pyramid means) in the backward pass instead of
             storing them (:mod:`wersa.ops.favor_attention`), and the gate
             convolution with a backward made of forward convolutions
             (:mod:`wersa.ops.depthwise_conv`). Same values and gradients;
             ``False`` selects the plain autograd composition.
-        block_size: tokens whose features the fused path materialises at a time.
+        block_size: tokens whose features the recompute path materialises at a time.
+        qkv_bias, out_bias: biases of the input and output projections.
     """
+
+    renamed_options = {"fused": "recompute", "kernel_size": "conv_size"}
+    renamed_parameters = {"out.": "out_proj."}
 
     capabilities = Capabilities(
         name="wersa",
@@ -114,65 +161,56 @@ class WERSA(Mixer):
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
         levels: int = 2, num_features: int = 256, feature_map: str = "softmax",
-        kernel_size: int = 33, gate_hidden: int | None = None, chunk_size: int = 128,
-        bandwidth: float = 1.0, redraw_interval: int | None = None, feature_seed: int = 0,
-        dropout: float = 0.0, eps: float = 1e-6, fused: bool = True, block_size: int = 2048,
+        conv_size: int = 33, gate_hidden: int | None = None, chunk_size: int = 128,
+        bandwidth: float = 1.0, min_bandwidth: float = 0.25, redraw_interval: int | None = None,
+        feature_seed: int = 0, dropout: float = 0.0, eps: float = 1e-6, recompute: bool = True,
+        block_size: int = 2048, qkv_bias: bool = False, out_bias: bool = False,
     ):
         super().__init__(dim, num_heads, causal)
         if not isinstance(levels, int) or levels < 0:
             raise ValueError(f"wersa: levels must be a non-negative integer, got {levels!r}")
         if not isinstance(num_features, int) or num_features <= 0:
             raise ValueError(f"wersa: num_features must be a positive integer, got {num_features!r}")
+        if feature_map in _MOVED_FEATURE_MAPS:
+            raise ValueError(f"wersa: feature_map={feature_map!r} is no longer a mode of this mixer: "
+                             f"{_MOVED_FEATURE_MAPS[feature_map]}")
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"wersa: feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
-        if not isinstance(kernel_size, int) or kernel_size <= 0:
-            raise ValueError(f"wersa: kernel_size must be a positive integer, got {kernel_size!r}")
+        if not isinstance(conv_size, int) or conv_size <= 0:
+            raise ValueError(f"wersa: conv_size must be a positive integer, got {conv_size!r}")
         if not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"wersa: chunk_size must be a positive integer, got {chunk_size!r}")
         if not isinstance(block_size, int) or block_size <= 0:
             raise ValueError(f"wersa: block_size must be a positive integer, got {block_size!r}")
-        if not bandwidth > 0:
-            raise ValueError(f"wersa: bandwidth must be positive, got {bandwidth!r}")
+        if not min_bandwidth > 0:
+            raise ValueError(f"wersa: min_bandwidth must be positive, got {min_bandwidth!r}")
+        if not bandwidth > min_bandwidth:
+            raise ValueError(f"wersa: bandwidth must exceed min_bandwidth={min_bandwidth}, got {bandwidth!r}")
         if redraw_interval is not None and (not isinstance(redraw_interval, int) or redraw_interval <= 0):
             raise ValueError(f"wersa: redraw_interval must be a positive integer or None, got {redraw_interval!r}")
-        if feature_map == "published" and causal:
-            raise ValueError(
-                "wersa: feature_map='published' reproduces the published bidirectional computation only; "
-                "its causal path is not causal (it leaks future tokens). Use causal=False, or another feature_map"
-            )
-        if feature_map == "published":
-            # The published computation resamples gates with the sequence length and
-            # pads to a power of two, so padding changes real outputs: refuse masks.
-            self.capabilities = dataclasses.replace(
-                type(self).capabilities, attention_mask=False, left_padding=False)
-        elif feature_map == "exact":
-            self.capabilities = dataclasses.replace(
-                type(self).capabilities, recurrent=False, constant_state=False, linear_time=False)
         self.levels = levels
         self.num_features = num_features
         self.feature_map = feature_map
-        self.kernel_size = kernel_size
+        self.conv_size = conv_size
+        self.min_bandwidth = float(min_bandwidth)
         self.chunk_size = chunk_size
         self.redraw_interval = redraw_interval
         self.feature_seed = feature_seed
         self.eps = eps
-        self.fused = bool(fused)
+        self.recompute = bool(recompute)
         self.block_size = block_size
         d = self.head_dim
 
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
         self.head_norm = nn.LayerNorm(d)
         if levels > 0:  # no gates without bands (and no unused parameters for DDP)
             hidden = gate_hidden if gate_hidden is not None else max(dim // 4, 1)
-            self.gate_conv = nn.Conv1d(dim, dim, kernel_size, groups=dim)
+            self.gate_conv = nn.Conv1d(dim, dim, conv_size, groups=dim)
             self.gate_mlp = nn.Sequential(
                 nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, levels + 1))
             self.scale_weights = nn.Parameter(torch.full((levels + 1,), 0.5))
-        if feature_map == "published":
-            self.beta = nn.Parameter(torch.zeros(()))
-        else:
-            self.beta = nn.Parameter(torch.full((num_heads,), _inverse_softplus(bandwidth - _BANDWIDTH_FLOOR)))
+        self.beta = nn.Parameter(torch.full((num_heads,), _inverse_softplus(bandwidth - min_bandwidth)))
         self.register_buffer("omega", self._draw_features(), persistent=True)
         self.register_buffer("forward_count", torch.zeros((), dtype=torch.long), persistent=True)
 
@@ -180,9 +218,6 @@ class WERSA(Mixer):
     def _draw_features(self, generation: int = 0) -> Tensor:
         g = torch.Generator().manual_seed(int(self.feature_seed) * 1_000_003 + generation)
         m, d, h = self.num_features, self.head_dim, self.num_heads
-        if self.feature_map == "published":
-            # two independent Gaussian matrices N(0, 1/d): [Omega_q, Omega_k], each (m, d)
-            return torch.stack([gaussian_random_matrix(m, d, std=d ** -0.5, generator=g) for _ in range(2)])
         return torch.stack([orthogonal_random_matrix(m, d, generator=g) for _ in range(h)])  # (H, m, d)
 
     @torch.no_grad()
@@ -199,9 +234,14 @@ class WERSA(Mixer):
 
     @property
     def bandwidth(self) -> Tensor:
-        """The bandwidth ``b`` per head (a scalar for ``feature_map='published'``)."""
-        floor = _PUBLISHED_BANDWIDTH_FLOOR if self.feature_map == "published" else _BANDWIDTH_FLOOR
-        return F.softplus(self.beta) + floor
+        """The bandwidth ``b`` per head ``(H,)``."""
+        return F.softplus(self.beta) + self.min_bandwidth
+
+    def _key_shift(self, dtype) -> Tensor | None:
+        """Per-head constant shift of the key exponents (softmax features only), detached."""
+        if self.feature_map != "softmax":
+            return None
+        return normalized_key_shift(self.omega.to(dtype), self.bandwidth.to(dtype))
 
     # ------------------------------------------------------------------ pieces
     def _heads(self, t: Tensor) -> Tensor:
@@ -212,12 +252,12 @@ class WERSA(Mixer):
     def _gates(self, x: Tensor) -> Tensor:
         """Per-token band gains ``(B, N, L+1)``: sigmoid(MLP(conv(x))) * scale_weights."""
         h = x.transpose(1, 2)  # (B, D, N)
-        k = self.kernel_size
+        k = self.conv_size
         if self.causal:
             h = F.pad(h, (k - 1, 0))
         else:
             h = F.pad(h, ((k - 1) // 2, k // 2))
-        if self.fused:
+        if self.recompute:
             h = depthwise_conv1d(h, self.gate_conv.weight, self.gate_conv.bias).transpose(1, 2)  # (B, N, D)
         else:
             h = self.gate_conv(h).transpose(1, 2)
@@ -230,10 +270,11 @@ class WERSA(Mixer):
         work = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
         omega = self.omega.to(work.dtype)
         b = self.bandwidth.to(work.dtype).view(-1, 1, 1)
-        work = F.normalize(work, dim=-1, eps=1e-6) / b
+        work = F.normalize(work, dim=-1, eps=_NORM_EPS) / b
         if self.feature_map == "relu":
             return relu_features(work, omega)
-        return softmax_kernel_features(work, omega, stabilize=is_query)
+        return softmax_kernel_features(work, omega, stabilize=is_query,
+                                       shift=None if is_query else self._key_shift(work.dtype))
 
     def _filtered_qkv(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Project, gate and wavelet-filter: ``(B, N, D) -> 3 x (B, H, N, d)``."""
@@ -248,12 +289,12 @@ class WERSA(Mixer):
             return q, k, v
         gains = self._gates(x)  # (B, N, L+1)
         if self.causal:
-            pyramid = causal_haar_pyramid_lean if self.fused else causal_haar_pyramid
+            pyramid = causal_haar_pyramid_lean if self.recompute else causal_haar_pyramid
             q = pyramid(q, gains, self.levels)
             k = pyramid(k, gains, self.levels)
         else:
             band_gains = self._band_gains(gains, mask)
-            filt = haar_filter_lean if self.fused else haar_filter
+            filt = haar_filter_lean if self.recompute else haar_filter
             q = filt(q, band_gains, self.levels)
             k = filt(k, band_gains, self.levels)
         return q, k, v
@@ -274,27 +315,44 @@ class WERSA(Mixer):
         """``(B, H, N, d) -> (B, N, D)`` through the per-head norm and ``W_o``."""
         y = self.head_norm(y)
         b, h, n, d = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, n, h * d))
+        return self.out_proj(y.transpose(1, 2).reshape(b, n, h * d))
 
     # ----------------------------------------------------------------- forward
     def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         self._maybe_redraw()
-        if self.feature_map == "published":
-            return self._forward_published(x)
         return self._merge_heads(self.attend(x, mask))
+
+    def _compacted(self, core, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Run ``core(x, right_padded_mask) -> (B, H, N, d)`` on the real tokens moved to the front.
+
+        Haar blocks, conv taps and pyramid windows depend on positions: compaction makes
+        any padding pattern look like right padding, which they honour exactly.
+        """
+        if mask is None:
+            return core(x, None)
+        comp = compaction(mask)
+        y = core(gather_tokens(x, comp.perm), gather_tokens(mask, comp.perm))
+        return gather_tokens(y.transpose(1, 2), comp.inverse).transpose(1, 2)
 
     def attend(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """The attention core before the per-head norm: ``(B, N, D) -> (B, H, N, d)``."""
+        return self._compacted(self._attend, x, mask)
+
+    def attend_exact(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """:meth:`attend` with the exact kernel the features estimate (:func:`exact_kernel_attention`)."""
+        def core(xc, mc):
+            q, k, v = self._filtered_qkv(xc, mc)
+            return exact_kernel_attention(q, k, v, self.bandwidth, causal=self.causal, key_mask=mc)
+        return self._compacted(core, x, mask)
+
+    def _attend(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """:meth:`attend` for a right-padded ``mask`` (or ``None``)."""
         q, k, v = self._filtered_qkv(x, mask)
-        if self.feature_map == "exact":
-            b = self.bandwidth.view(1, -1, 1, 1).to(q.dtype)
-            qn, kn = F.normalize(q, dim=-1, eps=1e-6) / b, F.normalize(k, dim=-1, eps=1e-6) / b
-            return softmax_attention_reference(qn, kn, v, causal=self.causal, key_mask=mask, scale=1.0)
-        if self._use_fused_core():
+        if self._use_lean_core():
             work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
             y = favor_attention(q.to(work), k.to(work), v.to(work), self.omega, self.bandwidth.to(work),
                                 causal=self.causal, key_mask=mask, eps=self.eps, chunk_size=self.chunk_size,
-                                block_size=self.block_size)
+                                block_size=self.block_size, key_shift=self._key_shift(work))
             return y.to(x.dtype)
         phi_q, phi_k = self._features(q, True), self._features(k, False)
         vv = v.to(phi_q.dtype)
@@ -304,34 +362,9 @@ class WERSA(Mixer):
             y = linear_attention(phi_q, phi_k, vv, key_mask=mask, eps=self.eps)
         return y.to(x.dtype)
 
-    def _use_fused_core(self) -> bool:
-        # The fused node treats Omega as a constant; a trainable Omega takes the plain path.
-        return self.fused and self.feature_map == "softmax" and not self.omega.requires_grad
-
-    def _forward_published(self, x: Tensor) -> Tensor:
-        """The published bidirectional computation (WERSA.md section 2), same weights."""
-        n = x.shape[1]
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = self._heads(F.gelu(q)), self._heads(F.gelu(k)), self._heads(v)
-        if self.levels > 0:
-            gates = torch.sigmoid(self.gate_mlp(self.gate_conv(
-                F.pad(x.transpose(1, 2), ((self.kernel_size - 1) // 2, self.kernel_size // 2))).transpose(1, 2)))
-            n_pow2 = 1 << max(n - 1, 0).bit_length()
-            n_pow2 = max(n_pow2, 2 ** self.levels)
-            qp = F.pad(q, (0, 0, 0, n_pow2 - n))
-            kp = F.pad(k, (0, 0, 0, n_pow2 - n))
-            cq, ck = haar_dwt(qp, self.levels), haar_dwt(kp, self.levels)
-            for i in range(self.levels + 1):
-                band_len = cq[i].shape[-2]
-                g = F.interpolate(gates[..., i].unsqueeze(1), size=band_len, mode="nearest").squeeze(1)
-                g = (g * self.scale_weights[i]).view(g.shape[0], 1, band_len, 1)
-                cq[i], ck[i] = cq[i] * g, ck[i] * g
-            q, k = haar_idwt(cq, length=n), haar_idwt(ck, length=n)
-        b = self.bandwidth
-        phi_q = relu_features(q / b, self.omega[0].to(q.dtype))
-        phi_k = relu_features(k / b, self.omega[1].to(k.dtype))
-        y = linear_attention(phi_q, phi_k, v, eps=self.eps)
-        return self._merge_heads(y)
+    def _use_lean_core(self) -> bool:
+        # The lean node treats Omega as a constant; a trainable Omega takes the plain path.
+        return self.recompute and self.feature_map == "softmax" and not self.omega.requires_grad
 
     # --------------------------------------------------------------- recurrent
     def _init_state(self, batch_size: int, device, dtype) -> dict[str, Tensor]:
@@ -340,7 +373,7 @@ class WERSA(Mixer):
         la = linear_attention_init_state(batch_size, self.num_heads, self.num_features, self.head_dim,
                                          device=device, dtype=work)
         return {
-            "conv": torch.zeros(batch_size, self.kernel_size - 1, self.dim, device=device, dtype=dtype),
+            "conv": torch.zeros(batch_size, self.conv_size - 1, self.dim, device=device, dtype=dtype),
             "q_hist": torch.zeros(batch_size, self.num_heads, hist, self.head_dim, device=device, dtype=dtype),
             "k_hist": torch.zeros(batch_size, self.num_heads, hist, self.head_dim, device=device, dtype=dtype),
             "S": la.S,
@@ -368,7 +401,11 @@ class WERSA(Mixer):
         return self._merge_heads(y.to(x_t.dtype).unsqueeze(2)).squeeze(1), new
 
     def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Parallel causal pass over a prompt that also returns the decoding state."""
+        """Parallel causal pass over a prompt that also returns the decoding state.
+
+        Any padding pattern: the real tokens are compacted to the front, so the state is
+        the one :meth:`step` reaches by skipping the padded tokens.
+        """
         self._require_recurrent()
         self._check_x(x)
         b, n, _ = x.shape
@@ -376,38 +413,43 @@ class WERSA(Mixer):
         state = self.init_state(b, x.device, x.dtype)
         if n == 0:
             return x * 0.0, state
+        if mask is None:
+            lengths = torch.full((b,), n, device=x.device, dtype=torch.long)
+            y, state = self._prefill(x, None, lengths, state)
+            return y, state
+        comp = compaction(mask)
+        y, state = self._prefill(gather_tokens(x, comp.perm), gather_tokens(mask, comp.perm), comp.lengths, state)
+        return gather_tokens(y, comp.inverse).masked_fill(~mask.unsqueeze(-1), 0.0), state
+
+    def _prefill(self, x: Tensor, mask: Tensor | None, lengths: Tensor,
+                 state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`prefill` for a right-padded ``mask``; ``lengths``: real tokens per row ``(B,)``."""
         xm = x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
         q, k, v = self._filtered_qkv(x, mask)
-        if self._use_fused_core() and not torch.is_grad_enabled():
+        if self._use_lean_core() and not torch.is_grad_enabled():
             work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
             y, la = favor_attention_with_state(q.to(work), k.to(work), v.to(work), self.omega,
                                                self.bandwidth.to(work), key_mask=mask, eps=self.eps,
-                                               chunk_size=self.chunk_size, block_size=self.block_size)
+                                               chunk_size=self.chunk_size, block_size=self.block_size,
+                                               key_shift=self._key_shift(work))
         else:
             phi_q, phi_k = self._features(q, True), self._features(k, False)
             y, la = causal_linear_attention(phi_q, phi_k, v.to(phi_q.dtype), key_mask=mask, eps=self.eps,
                                             chunk_size=self.chunk_size, return_state=True)
         y = self._merge_heads(y.to(x.dtype))
-        if mask is not None:
-            y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
-        # Buffers hold the last inputs (zeros before the start), as stepping would leave them.
-        K = self.kernel_size
-        state["conv"] = F.pad(xm.transpose(1, 2), (K - 1, 0)).transpose(1, 2)[:, n:n + K - 1] if K > 1 \
-            else state["conv"]
+        # Buffers hold the last real inputs (zeros before the start), as stepping would leave them.
+        if self.conv_size > 1:
+            state["conv"], _ = _last_tokens(xm, lengths, self.conv_size - 1)
         hist = 2 ** self.levels - 1
         if hist:
             # The pyramid's history is the last 2^L - 1 raw projections: project only those tokens.
-            tail = xm[:, -hist:]
+            tail, valid = _last_tokens(xm, lengths, hist)
             qr, kr, _ = self.qkv(tail).chunk(3, dim=-1)
-            qr, kr = self._heads(qr), self._heads(kr)
-            if mask is not None:
-                m4 = mask[:, -hist:][:, None, :, None].to(qr.dtype)
-                qr, kr = qr * m4, kr * m4
-            state["q_hist"] = F.pad(qr, (0, 0, hist - tail.shape[1], 0))
-            state["k_hist"] = F.pad(kr, (0, 0, hist - tail.shape[1], 0))
+            m4 = valid[:, None, :, None].to(qr.dtype)  # zeros before the start, bias or not
+            state["q_hist"], state["k_hist"] = self._heads(qr) * m4, self._heads(kr) * m4
         state["S"], state["z"] = la.S, la.z
         return y, state
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, levels={self.levels}, num_features={self.num_features}, "
-                f"feature_map={self.feature_map!r}, kernel_size={self.kernel_size}, fused={self.fused}")
+                f"feature_map={self.feature_map!r}, conv_size={self.conv_size}, recompute={self.recompute}")

@@ -144,9 +144,14 @@ class WersaConfig(PretrainedConfig):
         if causal is not None and not isinstance(causal, bool):
             raise TypeError(f"WersaConfig: causal must be True, False or None, got {causal!r}")
         for i, name in enumerate(layer_mixers or [mixer]):
-            caps = capabilities(name)  # unknown names raise a ValueError with a did-you-mean
+            opts = dict(mixer_options) if name == mixer else {}
+            opts.update((layer_mixer_options[i] if layer_mixer_options else None) or {})
+            # What an instance built with these options supports; unknown names and options
+            # raise a ValueError with a did-you-mean.
+            caps_c = capabilities(name, causal=True, **opts)
+            caps = capabilities(name, causal=False, **opts)
             where = f"layer {i} mixer {name!r}" if layer_mixers else f"mixer {name!r}"
-            if causal is True and not caps.causal:
+            if causal is True and not caps_c.causal:
                 raise ValueError(f"WersaConfig: causal=True but {where} has no causal form; pick a causal mixer")
             if causal is False and not caps.bidirectional:
                 raise ValueError(f"WersaConfig: causal=False but {where} is causal only; use causal=True or None")

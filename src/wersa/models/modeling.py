@@ -105,12 +105,12 @@ class WersaBlock(nn.Module):
 
     def __init__(self, config: WersaConfig, mixer_name: str, mixer_options: dict[str, Any], causal: bool):
         super().__init__()
-        caps = capabilities(mixer_name)
         self.mixer_name = mixer_name
         self.norm1 = _make_norm(config)
         self.mixer = build_mixer(
             mixer_name, config.hidden_size, config.num_attention_heads, causal=causal, **mixer_options
         )
+        caps = self.mixer.capabilities  # what this instance supports (options can narrow a claim)
         # Mixers own their initialisation (orthogonal random features, gates, ...); keep it.
         for m in self.mixer.modules():
             m._wersa_keep_init = True
@@ -241,7 +241,7 @@ class WersaModel(WersaPreTrainedModel):
         specs = config.layer_specs()
         causal = config.causal
         if causal is None:
-            causal = not all(capabilities(name).bidirectional for name, _ in specs)
+            causal = not all(capabilities(name, causal=False, **opts).bidirectional for name, opts in specs)
         self.causal = causal
         d = config.hidden_size
         self.embed_tokens = nn.Embedding(config.vocab_size, d) if config.vocab_size is not None else None
@@ -327,7 +327,7 @@ class WersaModel(WersaPreTrainedModel):
             pad_seen = pad_seen | cache.pad_seen.unsqueeze(1)
         if not bool((pad_seen & mask).any()):
             return
-        bad = sorted({layer.mixer_name for layer in self.layers if not capabilities(layer.mixer_name).left_padding})
+        bad = sorted({layer.mixer_name for layer in self.layers if not layer.mixer.capabilities.left_padding})
         if bad:
             raise ValueError(
                 f"attention_mask has padding before real tokens (left padding), which mixer(s) "

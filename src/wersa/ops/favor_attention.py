@@ -33,7 +33,8 @@ gradients. What changes is the cost:
   a copy of the whole ``v``), so numerator and denominator come from the same GEMM.
 
 The query stabiliser is detached (as in the reference), so it contributes no
-gradient term; keys are never shifted. ``Omega`` is a constant (a buffer): no
+gradient term; keys are shifted only by an optional detached constant per head
+(``key_shift``, see :func:`~wersa.ops.feature_maps.normalized_key_shift`). ``Omega`` is a constant (a buffer): no
 gradient flows to it.
 """
 
@@ -51,16 +52,19 @@ from .linear_attention import LinearAttentionState, causal_linear_attention, lin
 _NORM_EPS = 1e-6  # F.normalize's eps, as used by the reference
 
 
-def _block_features(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, log_scale: float):
-    """``(B, H, T, d) -> phi (B, H, T, m)`` plus what its backward needs (``x^`` and the clamped norm)."""
+def _block_features(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, offsets):
+    """``offsets``: ``(query, key)`` constants subtracted from the exponents (see ``_offsets``).
+
+    ``(B, H, T, d) -> phi (B, H, T, m)`` plus what its backward needs (``x^`` and the clamped norm)."""
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
     xn = x / norm * inv_b
     e = xn @ omega_t  # (B, H, T, m)
     # exp(e - |x^|^2/2 - [row max]) / sqrt(m), in place: one (T, m) buffer per block.
-    shift = 0.5 * (xn * xn).sum(-1, keepdim=True) + log_scale
     if is_query:
         # The row max of (e - |x^|^2/2) is max(e) - |x^|^2/2: the |x^|^2 term cancels.
-        shift = e.amax(-1, keepdim=True) + log_scale
+        shift = e.amax(-1, keepdim=True) + offsets[0]
+    else:
+        shift = 0.5 * (xn * xn).sum(-1, keepdim=True) + offsets[1]
     e.sub_(shift).exp_()
     return e, xn, norm
 
@@ -80,6 +84,14 @@ def _features_backward(g_e: Tensor, xn: Tensor, norm: Tensor, inv_b: Tensor, ome
     return (g_u - u * radial) / norm, g_b
 
 
+def _offsets(omega: Tensor, key_shift: Tensor | None) -> tuple:
+    """``(query offset, key offset)`` added to the exponents: ``log sqrt(m)``, plus the keys' shift."""
+    log_scale = 0.5 * math.log(omega.shape[-2])
+    if key_shift is None:
+        return log_scale, log_scale
+    return log_scale, key_shift.detach().to(omega.dtype).view(1, -1, 1, 1) + log_scale
+
+
 def _ones_column(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
 
@@ -94,31 +106,31 @@ def _blocks(n: int, size: int):
 
 
 # ----------------------------------------------------------------- bidirectional
-def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, log_scale):
+def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, offsets):
     B, H, N, d = v.shape
     kv = v.new_zeros(B, H, omega_t.shape[-1], d + 1)  # [S | z]
     for s, t in _blocks(N, block):
-        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, log_scale)
+        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
         if key_mask is not None:
             phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
         kv += phi_k.transpose(-1, -2) @ _ones_column(v[:, :, s:t])
     y = v.new_empty(B, H, N, d)
     den = v.new_empty(B, H, N, 1)
     for s, t in _blocks(N, block):
-        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, log_scale)
+        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets)
         out = phi_q @ kv
         den[:, :, s:t] = out[..., d:] + eps
         torch.div(out[..., :d], den[:, :, s:t], out=y[:, :, s:t])
     return y, den, kv
 
 
-def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, block, log_scale):
+def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, block, offsets):
     N, d = v.shape[-2], v.shape[-1]
     g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     g_b = inv_b.new_zeros(inv_b.numel())
     g_kv = torch.zeros_like(kv)
     for s, t in _blocks(N, block):
-        phi_q, xn, norm = _block_features(q[:, :, s:t], omega_t, inv_b, True, log_scale)
+        phi_q, xn, norm = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets)
         g_out = _output_grad(gy[:, :, s:t], y[:, :, s:t], den[:, :, s:t])  # (B, H, T, d+1)
         g_kv += phi_q.transpose(-1, -2) @ g_out
         g_e = (g_out @ kv.transpose(-1, -2)).mul_(phi_q)  # d exp(e) = exp(e) de
@@ -126,7 +138,7 @@ def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, bl
         g_b += gb
     g_s, g_z = g_kv[..., :d], g_kv[..., d]
     for s, t in _blocks(N, block):
-        phi_k, xn, norm = _block_features(k[:, :, s:t], omega_t, inv_b, False, log_scale)
+        phi_k, xn, norm = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
         if key_mask is not None:
             phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
         g_v[:, :, s:t] = phi_k @ g_s
@@ -162,7 +174,7 @@ def _causal_block(phi_q, phi_k, v, state, c):
     return out.view(B, H, C * c, e)[:, :, :T], new_state, (qc, kc, vc, scores, before, tril, pad)
 
 
-def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, log_scale, state=None):
+def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, state=None):
     B, H, N, d = v.shape
     m = omega_t.shape[-1]
     if state is None:
@@ -172,8 +184,8 @@ def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, log_scale,
     den = v.new_empty(B, H, N, 1)
     for s, t in _blocks(N, block):
         states.append(state)
-        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, log_scale)
-        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, log_scale)
+        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets)
+        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
         if key_mask is not None:
             phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
         out, state, _ = _causal_block(phi_q, phi_k, v[:, :, s:t], state, c)
@@ -182,7 +194,7 @@ def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, log_scale,
     return y, den, torch.stack(states), state
 
 
-def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, states, block, c, log_scale):
+def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, states, block, c, offsets):
     B, H, N, d = v.shape
     g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     g_b = inv_b.new_zeros(inv_b.numel())
@@ -191,8 +203,8 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
     for i in range(len(blocks) - 1, -1, -1):
         s, t = blocks[i]
         T = t - s
-        phi_q, xq, nq = _block_features(q[:, :, s:t], omega_t, inv_b, True, log_scale)
-        phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, log_scale)
+        phi_q, xq, nq = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets)
+        phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
         if key_mask is not None:
             phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
         _, _, (qc, kc, vc, scores, before, tril, pad) = _causal_block(phi_q, phi_k, v[:, :, s:t], states[i], c)
@@ -234,40 +246,41 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
 
 class _FavorAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, omega, bandwidth, key_mask, eps, causal, chunk_size, block_size):
+    def forward(ctx, q, k, v, omega, bandwidth, key_mask, eps, causal, chunk_size, block_size, key_shift):
         omega_t = omega.transpose(-1, -2).unsqueeze(0)  # (1, H, d, m)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
-        log_scale = 0.5 * math.log(omega.shape[-2])
+        offsets = _offsets(omega, key_shift)
         if causal:
             y, den, extra, _ = _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size,
-                                               chunk_size, log_scale)
+                                               chunk_size, offsets)
         else:
-            y, den, extra = _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size, log_scale)
+            y, den, extra = _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size, offsets)
         ctx.save_for_backward(q, k, v, omega, bandwidth, y, den, extra)
         ctx.key_mask = key_mask
-        ctx.opts = (causal, chunk_size, block_size, log_scale)
+        ctx.opts = (causal, chunk_size, block_size, offsets)
         return y
 
     @staticmethod
     def backward(ctx, gy):
         q, k, v, omega, bandwidth, y, den, extra = ctx.saved_tensors
-        causal, chunk_size, block_size, log_scale = ctx.opts
+        causal, chunk_size, block_size, offsets = ctx.opts
         omega_t = omega.transpose(-1, -2).unsqueeze(0)
         omega4 = omega.unsqueeze(0)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
         if causal:
             g_q, g_k, g_v, g_b = _causal_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
-                                                  extra, block_size, chunk_size, log_scale)
+                                                  extra, block_size, chunk_size, offsets)
         else:
             g_q, g_k, g_v, g_b = _bidir_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
-                                                 extra, block_size, log_scale)
+                                                 extra, block_size, offsets)
         # g_b is dL/db already (_features_backward differentiates x^ = u / b with respect to b).
-        return g_q, g_k, g_v, None, g_b.to(bandwidth.dtype), None, None, None, None, None
+        return g_q, g_k, g_v, None, g_b.to(bandwidth.dtype), None, None, None, None, None, None
 
 
 def favor_attention(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
     key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128, block_size: int = 2048,
+    key_shift: Tensor | None = None,
 ) -> Tensor:
     """Fused FAVOR+ attention of l2-normalised, bandwidth-scaled queries and keys.
 
@@ -282,6 +295,7 @@ def favor_attention(
         chunk_size: tokens per chunk of the causal form.
         block_size: tokens per block (features of one block are materialised at a
             time; rounded up to a multiple of ``chunk_size`` when causal).
+        key_shift: ``(H,)`` constant subtracted from the key exponents (detached).
     Returns:
         ``(B, H, N, d)`` in the dtype of ``q`` (callers pass fp32 or fp64).
     """
@@ -296,13 +310,15 @@ def favor_attention(
     # qkv projection) without copying the whole sequence.
     k, v = k.to(dtype), v.to(dtype)
     omega = omega.detach().to(dtype).contiguous()
-    return _FavorAttention.apply(q, k, v, omega, bandwidth.to(dtype), key_mask, eps, causal, chunk_size, block_size)
+    return _FavorAttention.apply(q, k, v, omega, bandwidth.to(dtype), key_mask, eps, causal, chunk_size, block_size,
+                                 key_shift)
 
 
 @torch.no_grad()
 def favor_attention_with_state(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *,
     key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128, block_size: int = 2048,
+    key_shift: Tensor | None = None,
 ) -> tuple[Tensor, LinearAttentionState]:
     """Causal forward only (no autograd), also returning the running sums after the last token (prefill)."""
     block_size = -(-block_size // chunk_size) * chunk_size
@@ -310,19 +326,20 @@ def favor_attention_with_state(
     omega = omega.to(dtype)
     y, _, _, state = _causal_forward(q, k.to(dtype), v.to(dtype),
                                      omega.transpose(-1, -2).unsqueeze(0), (1.0 / bandwidth.to(dtype)).view(1, -1, 1, 1),
-                                     key_mask, eps, block_size, chunk_size, 0.5 * math.log(omega.shape[-2]))
+                                     key_mask, eps, block_size, chunk_size, _offsets(omega, key_shift))
     d = v.shape[-1]
     return y, LinearAttentionState(state[..., :d].contiguous(), state[..., d].contiguous())
 
 
 def favor_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
-    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128,
+    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128, key_shift: Tensor | None = None,
 ) -> Tensor:
     """The unfused composition :func:`favor_attention` must equal (values and gradients)."""
     b = bandwidth.view(1, -1, 1, 1)
     phi_q = softmax_kernel_features(F.normalize(q, dim=-1, eps=_NORM_EPS) / b, omega, stabilize=True)
-    phi_k = softmax_kernel_features(F.normalize(k, dim=-1, eps=_NORM_EPS) / b, omega, stabilize=False)
+    phi_k = softmax_kernel_features(F.normalize(k, dim=-1, eps=_NORM_EPS) / b, omega, stabilize=False,
+                                    shift=key_shift)
     if causal:
         return causal_linear_attention(phi_q, phi_k, v, key_mask=key_mask, eps=eps, chunk_size=chunk_size)
     return linear_attention(phi_q, phi_k, v, key_mask=key_mask, eps=eps)

@@ -16,10 +16,14 @@ the features of past keys (the causal leak of performer-pytorch 1.1.4). Here:
 
 * queries may be shifted by their own row max (``stabilize=True``): one constant
   per query row, which cancels exactly between numerator and denominator;
-* keys are never shifted. The exponent is bounded above by ``max_i |w_i|^2 / 2``
-  (maximise ``|w| |x| - |x|^2 / 2`` over ``|x|``), a data-independent constant
-  (32 for orthogonal rows of norm ``sqrt(64)``), so fp32/bf16 cannot overflow;
-  half-precision inputs are computed in fp32 by the callers.
+* keys are shifted only by a constant per head that never looks at any token
+  (:func:`normalized_key_shift`), which also cancels in the ratio. Unshifted, the
+  exponent is bounded above by ``max_i |w_i|^2 / 2`` (maximise
+  ``|w| |x| - |x|^2 / 2`` over ``|x|``), so fp32/bf16 cannot overflow; but for
+  l2-normalised keys at a small bandwidth ``b`` every exponent is very negative
+  (``w.k^ - 1/(2 b^2)``), the features underflow below the denominator guard and the
+  layer stops learning. The shift lifts the largest possible key exponent to a fixed
+  headroom. Half-precision inputs are computed in fp32 by the callers.
 """
 
 from __future__ import annotations
@@ -71,7 +75,28 @@ def gaussian_random_matrix(
     return w.to(device=device, dtype=dtype or torch.get_default_dtype())
 
 
-def softmax_kernel_features(x: Tensor, omega: Tensor, *, stabilize: bool = False) -> Tensor:
+def normalized_key_shift(omega: Tensor, bandwidth: Tensor, headroom: float = 30.0) -> Tensor:
+    """Per-head constant to subtract from the key exponents of l2-normalised keys.
+
+    For keys ``k^ = k / (|k| b)`` the exponent ``w_i . k^ - |k^|^2 / 2`` is at most
+    ``max_i |w_i| / b - 1 / (2 b^2)``; subtracting
+    ``s = max_i |w_i| / b - 1 / (2 b^2) - headroom`` puts that maximum at ``headroom``
+    (``exp(30) ~ 1e13``: no overflow in fp32), whatever ``b``. ``s`` depends on
+    ``Omega`` and ``b`` only, never on a token, so it cannot leak the future, and it
+    cancels between the numerator and denominator of linear attention. Detached.
+
+    Args:
+        omega: ``(H, m, d)`` or ``(m, d)``; bandwidth: ``(H,)`` or scalar.
+    Returns:
+        ``(H,)`` (or scalar) shift.
+    """
+    longest = torch.linalg.vector_norm(omega.detach(), dim=-1).amax(-1)
+    b = bandwidth.detach().to(longest.dtype)
+    return longest / b - 0.5 / (b * b) - headroom
+
+
+def softmax_kernel_features(x: Tensor, omega: Tensor, *, stabilize: bool = False,
+                            shift: Tensor | None = None) -> Tensor:
     """Positive random features of the softmax kernel ``exp(q . k)``.
 
     Args:
@@ -80,6 +105,8 @@ def softmax_kernel_features(x: Tensor, omega: Tensor, *, stabilize: bool = False
         omega: ``(m, d)`` or ``(H, m, d)`` projection (``H`` matching ``x.shape[-3]``).
         stabilize: subtract each row's max exponent. Only for queries: the shift is
             one constant per query, which cancels in linear attention's ratio.
+        shift: a constant subtracted from every exponent, ``(H,)`` per head (matching
+            ``x.shape[-3]``) or a scalar; for keys, :func:`normalized_key_shift`.
     Returns:
         ``(..., N, m)`` features, positive.
     """
@@ -88,6 +115,8 @@ def softmax_kernel_features(x: Tensor, omega: Tensor, *, stabilize: bool = False
     exponent = proj - 0.5 * (x * x).sum(-1, keepdim=True)
     if stabilize:
         exponent = exponent - exponent.amax(-1, keepdim=True).detach()
+    if shift is not None:
+        exponent = exponent - (shift.view(-1, 1, 1) if shift.dim() else shift).to(exponent.dtype)
     return torch.exp(exponent) * (1.0 / math.sqrt(m))
 
 
