@@ -211,7 +211,7 @@ def make_report(results: str | Path, out_dir: str | Path, title: str | None = No
                 lengths[r["task"]].add(r.get("length"))
         # A line "vs length" only joins lengths of one task; across tasks it would join unrelated points.
         by_length = any(len(v) > 1 for v in lengths.values()) and len(lengths) == 1
-        one_task = len({r["task"] for r in trows}) == 1
+        one_task = len(lengths) == 1
         for name, x, y, xl, yl, ll in (
                 ("accuracy_vs_length.png", "length", "accuracy", "sequence length", "accuracy", False),
                 ("time_vs_length.png", "length", "train_time_s", "sequence length", "training time (s)", True),
