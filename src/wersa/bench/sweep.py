@@ -259,7 +259,8 @@ def _run_round(sweep: Sweep, out: Path, cache_dir: str, retry_failed: bool, prog
             except adapters.Unavailable as exc:
                 mixer_missing[m] = str(exc)
     task_missing: dict[str, str | None] = {}
-    needed = {e.title: e for e, _ in todo}
+    # Only the data of the cells that run now (a capped run does not generate every task first).
+    needed = {e.title: e for e, _ in (todo if max_cells is None else todo[:max_cells])}
     for title, entry in tqdm(needed.items(), desc="prepare data", disable=not progress, dynamic_ncols=True):
         task_missing[title] = prepare_task(entry, sweep.recipe, cache_dir)
     mem = int(sweep.mem_limit_gb * 1024 ** 3) if sweep.mem_limit_gb else None
