@@ -97,3 +97,37 @@ def test_crash_is_a_recorded_error():
 def test_timeout_is_recorded():
     rec = run_cell("wersa.bench.train:run_cell", {"mixer": "bench_mean", "task": "t"}, timeout_s=0.05)
     assert rec["status"] == "timeout"
+
+
+def _grid_sweep():
+    from wersa.bench.sweep import Sweep, TaskEntry
+
+    return Sweep(mixers=["m1", "m2"], tasks=[TaskEntry("t1", 8), TaskEntry("t2", 8, mixers=["m1"])],
+                 seeds=[0, 1, 2], lr_grid=[1e-3, 3e-3, 1e-2], recipe={"max_steps": 5})
+
+
+def test_lr_grid_order_then_selection_on_validation():
+    from wersa.bench.sweep import cell_configs, chosen_lr, key_of, pending_selection
+
+    sweep = _grid_sweep()
+    cells = cell_configs(sweep)
+    # Tuning first, task by task, the middle rate first for every mixer; all at the first seed.
+    assert [(c.task, c.mixer, c.lr, c.seed) for _, c in cells] == [
+        ("t1", "m1", 3e-3, 0), ("t1", "m2", 3e-3, 0), ("t1", "m1", 1e-3, 0), ("t1", "m2", 1e-3, 0),
+        ("t1", "m1", 1e-2, 0), ("t1", "m2", 1e-2, 0), ("t2", "m1", 3e-3, 0), ("t2", "m1", 1e-3, 0),
+        ("t2", "m1", 1e-2, 0)]
+    assert pending_selection(sweep, []) == 6
+    scores = {3e-3: 0.5, 1e-3: 0.4, 1e-2: 0.7}
+    recs = [{"key": key_of(c, sweep), "status": "ok", "select_score": scores[c.lr]} for e, c in cells
+            if c.task == "t1" and c.mixer == "m1"]
+    recs.append({"key": key_of(cells[1][1], sweep), "status": "skipped"})  # m2: not available here
+    assert chosen_lr(sweep, sweep.tasks[0], "m1", recs) == 1e-2
+    assert chosen_lr(sweep, sweep.tasks[0], "m2", recs) is None
+    later = cell_configs(sweep, recs)[len(cells):]
+    assert [(c.task, c.mixer, c.lr, c.seed) for _, c in later] == [("t1", "m1", 1e-2, 1), ("t1", "m1", 1e-2, 2)]
+    # The first seed at the chosen rate is the tuning cell itself: no extra cell, no duplicate key.
+    keys = [key_of(c, sweep) for _, c in cell_configs(sweep, recs)]
+    assert len(keys) == len(set(keys))
+    # A failed (diverged) rate is not chosen; ties go to the middle rate (tried first).
+    recs2 = [dict(r, status="error") if r.get("select_score") == 0.7 else r for r in recs]
+    assert chosen_lr(sweep, sweep.tasks[0], "m1", recs2) == 3e-3

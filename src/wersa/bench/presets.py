@@ -46,7 +46,7 @@ def _standard() -> Sweep:
     tasks = [
         TaskEntry("listops", 512, {"num_train": 2000, "num_validation": 100, "num_test": 256,
                                    "min_length": 128, "max_length": 512, "max_depth": 6}, label="ListOps-512"),
-        TaskEntry("fashion_mnist", 784, {}, label="sFashion-MNIST-784"),
+        TaskEntry("fashion_mnist", 784, {}, label="sFashion-MNIST-784", overrides=dict(batch_size=10)),
         TaskEntry("pathfinder", 1024, {"image_size": 32, "num_train": 2000, "num_validation": 100,
                                        "num_test": 256}, label="Pathfinder-32px"),
         TaskEntry("stdlib_families", 4096, {"max_length": 4096}, label="Text-4k (stdlib bytes)",
@@ -68,7 +68,7 @@ def _paper() -> Sweep:
                   eval_samples=None, device="cuda")
     tasks = [
         TaskEntry("listops", 2048, {"min_length": 500, "max_length": 2000}, label="ListOps-2k"),
-        TaskEntry("fashion_mnist", 784, {}, label="sFashion-MNIST-784"),
+        TaskEntry("fashion_mnist", 784, {}, label="sFashion-MNIST-784", overrides=dict(batch_size=10)),
         TaskEntry("pathfinder", 1024, {"image_size": 32}, label="Pathfinder-32px"),
         TaskEntry("pathfinder", 16384, {"image_size": 128}, label="Pathfinder-128px",
                   overrides=dict(batch_size=8)),
@@ -81,11 +81,57 @@ def _paper() -> Sweep:
                  mixer_options={"linformer": {"max_len": 131072}}, timeout_s=6 * 3600.0, name="paper")
 
 
-PRESETS = {"quick": _quick, "standard": _standard, "paper": _paper}
+BIDIRECTIONAL_MIXERS = ["sdpa", "fnet", "linformer", "performer", "waveformer", "wersa", "wersa_published"]
+CAUSAL_MIXERS = ["sdpa", "performer", "transnormer", "mamba", "wersa"]
+STUDY_LR_GRID = [3e-4, 1e-3, 3e-3]
+STUDY_MQAR_PAIRS = (4, 16, 48)
+
+
+def _study() -> Sweep:
+    """The accuracy study: equal optimiser steps per task, a learning rate per mixer chosen on
+    validation, 3 seeds, periodic validation keeping the best model, fixed evaluation subsets.
+
+    Sized for ~3 hours of 2 idle CPU cores (arithmetic in docs/study.md). Cell order: every
+    task's learning-rate grid at seed 0 (middle rate first), then seeds 1 and 2, so a partial
+    run already compares every mixer on every task. Pathfinder and 16k-token documents do not
+    fit this budget: they are in the ``paper`` (GPU) preset.
+    """
+    # About 8k tokens per optimiser step in every task, 120 steps per cell (docs/study.md).
+    recipe = dict(model=dict(_SMALL_MODEL), batch_size=16, warmup_steps=10, max_steps=120, max_time_s=None,
+                  eval_samples=1000, select_samples=250, eval_every=40, device="cpu", threads=2)
+    mqar = [TaskEntry("mqar", 256, {"num_kv_pairs": k, "vocab_size": 1024, "num_train": 8000,
+                                    "num_validation": 500, "num_test": 500},
+                      label=f"MQAR-256 ({k} pairs)", mixers=list(CAUSAL_MIXERS), overrides=dict(batch_size=32))
+            for k in STUDY_MQAR_PAIRS]
+    tasks = [
+        TaskEntry("listops", 512, {"num_train": 10_000, "num_validation": 1_000, "num_test": 1_000,
+                                   "min_length": 64, "max_length": 512, "max_depth": 6}, label="ListOps-512"),
+        TaskEntry("fashion_mnist", 784, {}, label="sFashion-MNIST-784", overrides=dict(batch_size=10)),
+        TaskEntry("stdlib_text", 2048, {"max_length": 2048, "num_classes": 4, "windows_per_document": 16},
+                  label="Text-2k (stdlib code, balanced, deduplicated)",
+                  overrides=dict(batch_size=4, eval_samples=None, select_samples=None)),
+        TaskEntry("shakespeare_lm", 1024, {"seq_len": 1024}, label="Shakespeare-1k (bits per byte)",
+                  mixers=list(CAUSAL_MIXERS), overrides=dict(batch_size=8, eval_samples=200, select_samples=50)),
+        *mqar,
+        # Materialised softmax computes sdpa's function: run once, at sdpa's middle rate, as a check.
+        TaskEntry("listops", 512, {"num_train": 10_000, "num_validation": 1_000, "num_test": 1_000,
+                                   "min_length": 64, "max_length": 512, "max_depth": 6},
+                  label="ListOps-512 (softmax = sdpa check)", mixers=["softmax", "sdpa"], seeds=[0], lr_grid=[],
+                  overrides=dict(lr=1e-3)),
+    ]
+    options = {**_SMALL_FEATURES, "wersa_published": {"num_features": 64}, "linformer": {"max_len": 2048}}
+    return Sweep(mixers=list(BIDIRECTIONAL_MIXERS), tasks=tasks, seeds=[0, 1, 2], recipe=recipe,
+                 mixer_options=options, mem_limit_gb=6.0, timeout_s=600.0, name="study",
+                 lr_grid=list(STUDY_LR_GRID), checkpoint_every=40)
+
+
+PRESETS = {"quick": _quick, "standard": _standard, "study": _study, "paper": _paper}
 
 PRESET_HELP = {
     "quick": "a few minutes on 2 CPU cores: 5 mixers x ListOps-256 and Pathfinder-16px, 1 seed",
     "standard": "CPU reproduction, ~30 min per seed on 2 cores (3 seeds), resumable: 7 mixers x 5 tasks (up to 16k tokens)",
+    "study": "the accuracy study, ~3 h on 2 idle cores, resumable: equal steps, learning rate tuned per mixer "
+             "on validation, 3 seeds; ListOps, sFashion-MNIST, 2k-byte text, Shakespeare bpb, MQAR (docs/study.md)",
     "paper": "GPU-scale: wider model, 10k steps, up to 128k tokens",
 }
 

@@ -35,7 +35,9 @@ class TaskEntry:
     """A task at one length: registry ``name``, ``options``, the padded ``length`` and a table ``label``.
 
     ``overrides`` change the training recipe for this task only (e.g. a smaller
-    batch at 16k tokens); they are part of each cell's config.
+    batch at 16k tokens); they are part of each cell's config. ``mixers``, ``seeds``
+    and ``lr_grid`` replace the sweep's for this task (``None``: the sweep's;
+    ``lr_grid=[]``: no tuning, the recipe's ``lr``).
     """
 
     name: str
@@ -43,6 +45,9 @@ class TaskEntry:
     options: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    mixers: list[str] | None = None
+    seeds: list[int] | None = None
+    lr_grid: list[float] | None = None
 
     @property
     def title(self) -> str:
@@ -63,27 +68,92 @@ class Sweep:
     threads: int | None = None
     name: str = "custom"
     checkpoint_every: int = 50  # steps between a cell's checkpoints; 0 = none
+    lr_grid: list[float] = field(default_factory=list)  # tuned per (task, mixer) at seeds[0]; [] = recipe lr
 
 
-def cell_configs(sweep: Sweep) -> list[tuple[TaskEntry, TrainConfig]]:
-    """Every cell of the sweep, in run order: task by task, seed by seed, mixer by mixer.
+def _cell(sweep: Sweep, entry: TaskEntry, mixer: str, seed: int, lr: float | None = None) -> TrainConfig:
+    """The one training recipe of a cell: sweep recipe < task overrides < (mixer, task, seed, lr)."""
+    fields = copy.deepcopy(sweep.recipe)
+    fields.update(copy.deepcopy(entry.overrides))
+    fields.update(mixer=mixer, task=entry.name, task_options=dict(entry.options), length=entry.length, seed=seed,
+                  mixer_options=dict(sweep.mixer_options.get(mixer, {})))
+    if lr is not None:
+        fields["lr"] = lr
+    if sweep.threads:
+        fields["threads"] = sweep.threads
+    return TrainConfig.from_dict(fields)
 
-    Seeds are the middle loop so that a sweep cut short by its budget still has
-    every mixer at seed 0 before any mixer gets seed 1.
+
+def _grid(sweep: Sweep, entry: TaskEntry) -> list[float]:
+    """The learning rates tried for ``entry``, middle first (a partial run has every mixer at a middle rate)."""
+    grid = list(sweep.lr_grid if entry.lr_grid is None else entry.lr_grid)
+    mid = len(grid) // 2
+    return grid[mid:mid + 1] + grid[:mid] + grid[mid + 1:]
+
+
+def chosen_lr(sweep: Sweep, entry: TaskEntry, mixer: str, records: list[dict[str, Any]]) -> float | None:
+    """The learning rate of ``mixer`` on ``entry``: the grid value with the best validation score at the
+    tuning seed, once every grid cell is recorded; ``None`` before that, or when none finished."""
+    grid = _grid(sweep, entry)
+    if not grid:
+        return float(_cell(sweep, entry, mixer, 0).lr)
+    seeds = entry.seeds if entry.seeds is not None else sweep.seeds
+    by_key = {r["key"]: r for r in records if r.get("status") != "skipped"}
+    scores = []
+    for lr in grid:
+        rec = by_key.get(key_of(_cell(sweep, entry, mixer, seeds[0], lr), sweep))
+        if rec is None:
+            return None
+        if rec.get("status") == "ok" and rec.get("select_score") is not None:
+            scores.append((float(rec["select_score"]), -grid.index(lr), lr))
+    return max(scores)[2] if scores else None
+
+
+def cell_configs(sweep: Sweep, records: list[dict[str, Any]] | None = None
+                 ) -> list[tuple[TaskEntry, TrainConfig]]:
+    """Every cell of the sweep that can be named now, in run order.
+
+    Without a learning-rate grid: seed by seed, task by task, mixer by mixer, so a run cut
+    short has every mixer on every task at the first seed before any second seed. With
+    a grid (:attr:`Sweep.lr_grid`): first, task by task, every (rate, mixer) at the first
+    seed (the rate is chosen on the validation split); then the other seeds at each
+    mixer's chosen rate (:func:`chosen_lr`, from ``records``), seed by seed, task by
+    task. The first seed's cell at the chosen rate is its tuning cell (the same key).
     """
-    out = []
+    records = records or []
+    out: list[tuple[TaskEntry, TrainConfig]] = []
+
+    def mixers(e: TaskEntry) -> list[str]:
+        return list(sweep.mixers if e.mixers is None else e.mixers)
+
+    def seeds(e: TaskEntry) -> list[int]:
+        return list(sweep.seeds if e.seeds is None else e.seeds)
+
     for entry in sweep.tasks:
-        for seed in sweep.seeds:
-            for mixer in sweep.mixers:
-                fields = copy.deepcopy(sweep.recipe)
-                fields.update(copy.deepcopy(entry.overrides))
-                fields.update(mixer=mixer, task=entry.name, task_options=dict(entry.options),
-                              length=entry.length, seed=seed,
-                              mixer_options=dict(sweep.mixer_options.get(mixer, {})))
-                if sweep.threads:
-                    fields["threads"] = sweep.threads
-                out.append((entry, TrainConfig.from_dict(fields)))
+        grid = _grid(sweep, entry)
+        for lr in grid or [None]:
+            out += [(entry, _cell(sweep, entry, m, seeds(entry)[0], lr)) for m in mixers(entry)]
+    rounds = max(len(seeds(e)) for e in sweep.tasks) if sweep.tasks else 0
+    for i in range(1, rounds):
+        for entry in sweep.tasks:
+            if i >= len(seeds(entry)):
+                continue
+            for m in mixers(entry):
+                lr = chosen_lr(sweep, entry, m, records)
+                if lr is not None:
+                    out.append((entry, _cell(sweep, entry, m, seeds(entry)[i], lr)))
     return out
+
+
+def pending_selection(sweep: Sweep, records: list[dict[str, Any]]) -> int:
+    """How many later-seed cells wait for a learning rate to be chosen."""
+    n = 0
+    for entry in sweep.tasks:
+        seeds = sweep.seeds if entry.seeds is None else entry.seeds
+        for m in (sweep.mixers if entry.mixers is None else entry.mixers):
+            if chosen_lr(sweep, entry, m, records) is None:
+                n += len(seeds) - 1
+    return n
 
 
 def key_of(cfg: TrainConfig, sweep: Sweep | None = None) -> str:
@@ -144,10 +214,29 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
     out = Path(out)
     adapters.load_plugins(plugins)
     cache_dir = cache_dir or str(out.parent / "data-cache")
-    done = finished_keys([r for r in read_results(out) if r.get("status") != "skipped"],
-                         retry_failed=retry_failed)
-    cells = cell_configs(sweep)
-    todo = [(e, c) for e, c in cells if key_of(c, sweep) not in done]
+    written: list[dict[str, Any]] = []
+    attempted: set[str] = set()
+    # Later seeds are named once their learning rate is chosen, so run in rounds until
+    # nothing new can be named (at most: tuning, then the other seeds).
+    for _ in range(3):
+        new = _run_round(sweep, out, cache_dir, retry_failed, progress, max_cells, plugins, dry_run, attempted)
+        written += new
+        if dry_run or not new or (max_cells is not None and sum(r["status"] != "skipped" for r in written)
+                                  >= max_cells):
+            break
+        if max_cells is not None:
+            max_cells -= sum(r["status"] != "skipped" for r in new)
+    return written
+
+
+def _run_round(sweep: Sweep, out: Path, cache_dir: str, retry_failed: bool, progress: bool,
+               max_cells: int | None, plugins: list[str] | None, dry_run: bool,
+               attempted: set[str]) -> list[dict[str, Any]]:
+    records = read_results(out)
+    done = finished_keys([r for r in records if r.get("status") != "skipped"], retry_failed=retry_failed)
+    cells = cell_configs(sweep, records)
+    todo = [(e, c) for e, c in cells if key_of(c, sweep) not in done and key_of(c, sweep) not in attempted]
+    attempted.update(key_of(c, sweep) for _, c in todo)
     ckpt_root = checkpoint_root(out)
     if not dry_run and ckpt_root.is_dir():
         # A kill between writing a cell's record and removing its checkpoints leaves them behind.
@@ -155,24 +244,32 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
             if key_of(c, sweep) in done:
                 _remove_checkpoints(ckpt_root, key_of(c, sweep))
     if progress or dry_run:
-        print(f"{sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, {len(todo)} to run")
+        wait = pending_selection(sweep, records)
+        print(f"{sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, {len(todo)} to run"
+              + (f", {wait} more once their learning rate is chosen" if wait else ""))
+    if not todo:
+        return []
     if dry_run:
         return [{"status": "pending", "key": key_of(c, sweep), "mixer": c.mixer, "task": e.title, "seed": c.seed}
                 for e, c in todo]
     # Which mixers and tasks are available (checked once, in this process).
     mixer_missing: dict[str, str] = {}
-    for m in sweep.mixers:
+    for m in sorted({c.mixer for _, c in todo}):
         if sweep.recipe.get("model_factory") is None:
             try:
                 adapters.check_mixer(m)
             except adapters.Unavailable as exc:
                 mixer_missing[m] = str(exc)
     task_missing: dict[str, str | None] = {}
-    needed = {e.title: e for e, _ in todo}
+    # Only the data of the cells that run now (a capped run does not generate every task first).
+    needed = {e.title: e for e, _ in (todo if max_cells is None else todo[:max_cells])}
     for title, entry in tqdm(needed.items(), desc="prepare data", disable=not progress, dynamic_ncols=True):
         task_missing[title] = prepare_task(entry, sweep.recipe, cache_dir)
     mem = int(sweep.mem_limit_gb * 1024 ** 3) if sweep.mem_limit_gb else None
     written = []
+    for m, why in mixer_missing.items():
+        if progress:
+            tqdm.write(f"note: mixer {m!r} is not available here; its cells are recorded as skipped ({why})")
     bar = tqdm(todo, desc=f"bench {sweep.name}", disable=not progress, dynamic_ncols=True)
     ran = 0
     for entry, cfg in bar:
@@ -186,7 +283,7 @@ def run_sweep(sweep: Sweep, out: str | Path, cache_dir: str | None = None, retry
             cfg = dataclasses.replace(cfg, checkpoint_dir=str(ckpt_root / key),
                                       checkpoint_every=int(sweep.checkpoint_every))
         base = {"bench": "train", "key": key, "preset": sweep.name, "mixer": cfg.mixer,
-                "task": entry.name, "task_label": entry.title, "length": cfg.length, "seed": cfg.seed,
+                "task": entry.name, "task_label": entry.title, "length": cfg.length, "seed": cfg.seed, "lr": cfg.lr,
                 "config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY},
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         reason = mixer_missing.get(cfg.mixer) or task_missing.get(entry.title)

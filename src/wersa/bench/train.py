@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import adapters
 from .checkpoint import CheckpointStore, atomic_torch_save, rng_states, set_rng_states
 from .env import environment
+from .evaluation import evaluate, macro_auc, selection_score  # noqa: F401  (macro_auc re-exported)
 from .flops import forward_and_step_flops
 from .memory import PeakMemory
 
@@ -48,7 +48,12 @@ class TrainConfig:
         lr, weight_decay, warmup_steps, max_steps, grad_clip: the optimiser recipe.
         max_time_s: training wall-time budget; training stops at whichever of
             ``max_steps`` and ``max_time_s`` comes first (``None`` = steps only).
-        eval_split, eval_samples: split scored at the end and a cap on its examples.
+        eval_split, eval_samples: split scored at the end, and the size of its fixed,
+            stratified, shuffled subset (``None``: the whole split; see :mod:`.evaluation`).
+        eval_every: validate every this many steps (and at the end) on ``select_samples``
+            examples of the validation split and keep the best model (by
+            :func:`.evaluation.selection_score`); the test split scores that model.
+            ``0``: no validation, the last model is scored.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         threads: torch intra-op threads (``None`` = leave as is); recorded.
         count_flops: count FLOPs per forward and per training step on one batch.
@@ -77,7 +82,9 @@ class TrainConfig:
     max_time_s: float | None = None
     grad_clip: float | None = 1.0
     eval_split: str = "test"
-    eval_samples: int | None = 500
+    eval_samples: int | None = 1000
+    eval_every: int = 0
+    select_samples: int | None = 1000
     eval_batch_size: int | None = None
     device: str = "cpu"
     threads: int | None = None
@@ -135,29 +142,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     span = max(1, cfg.max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
-    """Macro one-vs-rest ROC AUC (``sklearn.metrics.roc_auc_score``, ``multi_class="ovr"``).
-
-    ``labels``: ``(n,)`` class indices; ``probs``: ``(n, C)``. Classes absent from
-    ``labels`` (or present in every row) have no AUC and are left out of the mean,
-    so a small evaluation split still gets a value; ``None`` if no class has one.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    n_classes = probs.shape[1]
-    if n_classes == 2:
-        if len(np.unique(labels)) < 2:
-            return None
-        return float(roc_auc_score(labels, probs[:, 1]))
-    aucs = []
-    for c in range(n_classes):
-        y = labels == c
-        if y.all() or not y.any():
-            continue
-        aucs.append(roc_auc_score(y, probs[:, c]))
-    return float(np.mean(aucs)) if aucs else None
 
 
 class _Dist:
@@ -270,62 +254,6 @@ def _batches(task, cfg: TrainConfig, consumed: int = 0) -> _Batches:
     return _Batches(task, cfg, consumed)
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """Score ``cfg.eval_split``: accuracy + macro AUC (classification) or loss + bits per token (LM)."""
-    model.eval()
-    info = task.info
-    bs = cfg.eval_batch_size or cfg.batch_size
-    loader = task.loader(cfg.eval_split, bs, shuffle=False, pad_to=cfg.length)
-    limit = cfg.eval_samples
-    seen = 0
-    out: dict[str, Any] = {}
-    if info.kind == "language_modeling":
-        total_nll, total_tok = 0.0, 0
-        for batch in loader:
-            batch = _to(batch, device)
-            logits = adapters.model_output(model(**{k: v for k, v in batch.items() if k != "labels"}), "logits")
-            labels = batch["labels"]
-            # Position t predicts token t + 1 (labels are aligned with input_ids).
-            nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                  labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
-            total_nll += float(nll)
-            total_tok += int((labels[:, 1:] != -100).sum())
-            seen += labels.shape[0]
-            if limit is not None and seen >= limit:
-                break
-        loss = total_nll / max(1, total_tok)
-        out.update(eval_loss=loss, bits_per_token=loss / math.log(2), eval_tokens=total_tok)
-        # Byte-level tasks have one token per byte, so bits per token is bits per byte.
-        bpt = getattr(info, "bytes_per_token", None)
-        if bpt:  # byte-level text: one token is one byte; elsewhere (e.g. MQAR) bpb is undefined
-            out["bpb"] = out["bits_per_token"] / bpt
-    else:
-        all_probs, all_labels = [], []
-        total_loss = 0.0
-        for batch in loader:
-            if limit is not None and seen >= limit:
-                break
-            if limit is not None and seen + batch["labels"].shape[0] > limit:
-                keep = limit - seen
-                batch = {k: v[:keep] for k, v in batch.items()}
-            batch = _to(batch, device)
-            logits = adapters.model_output(model(**{k: v for k, v in batch.items() if k != "labels"}), "logits")
-            logits = logits.float()
-            total_loss += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-            all_probs.append(torch.softmax(logits, -1).cpu())
-            all_labels.append(batch["labels"].cpu())
-            seen += batch["labels"].shape[0]
-        if not all_labels:
-            raise ValueError(f"task {cfg.task!r}: the {cfg.eval_split} split is empty; nothing to evaluate")
-        probs = torch.cat(all_probs).numpy()
-        labels = torch.cat(all_labels).numpy()
-        out.update(accuracy=float((probs.argmax(1) == labels).mean()), auc=macro_auc(labels, probs),
-                   eval_loss=total_loss / len(labels))
-    out["eval_samples"] = seen
-    return out
-
-
 # -------------------------------------------------------------------- train
 def run_training(cfg: TrainConfig, save_params: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one model; returns the metrics record (on every rank; rank 0's is authoritative).
@@ -384,6 +312,11 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
     stopped_by = "steps"
     done = False
     prior_peak = 0  # peak memory of the training done before a resume
+    # Model selection: the best validated weights so far ({"step", "score", "metric", "model"}).
+    best: dict[str, Any] | None = None
+    val_history: list[list[float]] = []
+    if cfg.eval_every and (not isinstance(cfg.eval_every, int) or cfg.eval_every < 0):
+        raise ValueError(f"eval_every must be a non-negative integer, got {cfg.eval_every!r}")
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -393,14 +326,31 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         prior_time, resumes = float(state["train_time_s"]), int(state["resumes"]) + 1
         stopped_by, done = state["stopped_by"], bool(state["done"])
         prior_peak = int(state.get("peak_mem_bytes", 0))
+        best = state.get("best")
+        val_history = list(state.get("val_history", []))
     resumed_from = steps if state is not None else None
     del state
 
     checkpoint_time = 0.0
+    validation_time = 0.0
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+
+    def validate() -> None:
+        """Score the validation subset; keep a copy of the weights when they are the best so far."""
+        nonlocal best, validation_time
+        t = time.perf_counter()
+        if dist.is_main:
+            metrics = evaluate(model, task, "validation", eval_bs, cfg.select_samples, cfg.length, device)
+            name, score = selection_score(metrics)
+            val_history.append([steps, score])
+            if best is None or score > best["score"]:
+                best = {"step": steps, "score": score, "metric": name,
+                        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+        validation_time += time.perf_counter() - t
 
     def elapsed() -> float:
-        """Training time so far, across resumes, without the time spent writing checkpoints."""
-        return prior_time + time.perf_counter() - t_start - checkpoint_time
+        """Training time so far, across resumes, without checkpoint writing and validation."""
+        return prior_time + time.perf_counter() - t_start - checkpoint_time - validation_time
 
     def save_checkpoint(finished: bool, train_s: float | None = None) -> None:
         nonlocal checkpoint_time
@@ -414,6 +364,7 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
                 "step_times": step_times, "train_time_s": train_s,
                 "resumes": resumes, "stopped_by": stopped_by, "done": finished,
                 "peak_mem_bytes": max(prior_peak, peak.peak_bytes()),
+                "best": best, "val_history": val_history,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_states(),
             })
         checkpoint_time += time.perf_counter() - t
@@ -449,11 +400,15 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         bar.update(1)
         bar.set_postfix(loss=f"{lv:.3f}")
         over = cfg.max_time_s is not None and elapsed() >= cfg.max_time_s
+        if cfg.eval_every and steps % cfg.eval_every == 0:
+            validate()
         if dist.any_flag(over):
             stopped_by = "time"
             break
         if store is not None and steps % cfg.checkpoint_every == 0 and steps < cfg.max_steps:
             save_checkpoint(finished=False)
+    if not done and cfg.eval_every and (not val_history or val_history[-1][0] != steps):
+        validate()  # the last model is a candidate too
     train_time = elapsed() if not done else prior_time
     if not done:
         # Training is over: a kill during evaluation does not repeat it.
@@ -474,7 +429,11 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         record.update(resumed_from_step=resumed_from, resumes=resumes, checkpoint_time_s=checkpoint_time)
     if dist.is_main:
         t0 = time.perf_counter()
-        record.update(evaluate(model, task, cfg, device))
+        if best is not None:
+            model.load_state_dict(best["model"])
+            record.update(best_step=best["step"], select_metric=best["metric"], select_score=best["score"],
+                          val_history=val_history, validation_time_s=validation_time)
+        record.update(evaluate(model, task, cfg.eval_split, eval_bs, cfg.eval_samples, cfg.length, device))
         record["eval_time_s"] = time.perf_counter() - t0
         if cfg.count_flops:
             t0 = time.perf_counter()

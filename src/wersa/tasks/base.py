@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Iterable, Literal, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -36,6 +36,21 @@ SPLITS = ("train", "validation", "test")
 CACHE_FORMAT = 1  # bump when the cached layout changes, so stale files are not read
 
 TaskKind = Literal["classification", "language_modeling"]
+CACHE_ENV = "WERSA_CACHE_DIR"
+T = TypeVar("T")
+
+
+def default_cache_dir() -> Path:
+    """Where generated tasks cache their splits when no ``cache_dir`` is given:
+    ``$WERSA_CACHE_DIR``, else ``~/.cache/wersa/tasks``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "wersa" / "tasks")
+
+
+def progress(items: Iterable[T], total: int, desc: str) -> Iterable[T]:
+    """``items`` with a progress bar on stderr (shown on a terminal only, so logs stay clean)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, disable=None, leave=False, mininterval=0.5, dynamic_ncols=True)
 
 
 @dataclass(frozen=True)
@@ -222,14 +237,23 @@ class Task:
     :meth:`_build_split`. The base class keeps built splits in memory and, when
     ``cache_dir`` is given, on disk under a key made of the task's name and its
     full configuration (:meth:`config`), so a changed option never reads a stale file.
+
+    Generated tasks (``cache_by_default = True``: ListOps, MQAR, Pathfinder), whose
+    generation takes minutes at full size, cache even without ``cache_dir``, under
+    :func:`default_cache_dir`; ``cache_dir=False`` turns caching off. Their
+    ``generator_version`` is part of the key: bump it when a generator's output changes.
     """
 
     name: ClassVar[str]
     splits: tuple[str, ...] = SPLITS
     info: TaskInfo
+    cache_by_default: ClassVar[bool] = False
+    generator_version: ClassVar[int] = 1
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None):
-        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+    def __init__(self, cache_dir: str | os.PathLike | bool | None = None):
+        if cache_dir is None and self.cache_by_default:
+            cache_dir = default_cache_dir()
+        self.cache_dir = None if cache_dir in (None, False) else Path(cache_dir)
         self._built: dict[str, TokenDataset] = {}
 
     def config(self) -> dict[str, Any]:
@@ -251,7 +275,10 @@ class Task:
     def cache_path(self, split: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = _stable_key({"task": self.name, "split": split, "format": CACHE_FORMAT, **self.config()})
+        payload = {"task": self.name, "split": split, "format": CACHE_FORMAT, **self.config()}
+        if self.cache_by_default:
+            payload["generator_version"] = self.generator_version
+        key = _stable_key(payload)
         return self.cache_dir / f"{self.name}-{split}-{key}.pt"
 
     def split(self, split: str) -> TokenDataset:

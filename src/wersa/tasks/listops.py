@@ -20,7 +20,7 @@ import statistics
 
 import torch
 
-from .base import Task, TaskInfo, TokenDataset, check_positive_int, split_seed
+from .base import Task, TaskInfo, TokenDataset, check_positive_int, progress, split_seed
 from .registry import register_task
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -132,6 +132,7 @@ class ListOpsTask(Task):
     """
 
     name = "listops"
+    cache_by_default = True
 
     def __init__(self, num_train: int = 96_000, num_validation: int = 2_000, num_test: int = 2_000,
                  min_length: int = 500, max_length: int = 2_000, max_depth: int = 10, max_args: int = 10,
@@ -161,7 +162,8 @@ class ListOpsTask(Task):
 
     def _build_split(self, split: str) -> TokenDataset:
         seqs, labels = [], []
-        for i in range(self.sizes[split]):
+        n = self.sizes[split]
+        for i in progress(range(n), n, f"generate listops {split}"):
             tokens, value = sample_example(split_seed(self.seed, split, i), self.min_length,
                                            self.max_length, self.max_depth, self.max_args)
             seqs.append(encode(tokens))

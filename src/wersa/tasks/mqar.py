@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import IGNORE_INDEX, Task, TaskInfo, TokenDataset, check_positive_int, split_seed
+from .base import IGNORE_INDEX, Task, TaskInfo, TokenDataset, check_positive_int, progress, split_seed
 from .registry import register_task
 
 
@@ -53,6 +53,7 @@ class MQARTask(Task):
     """
 
     name = "mqar"
+    cache_by_default = True
 
     def __init__(self, seq_len: int = 256, num_kv_pairs: int = 16, num_queries: int | None = None,
                  vocab_size: int = 8192, num_train: int = 20_000, num_validation: int = 1_000,
@@ -84,7 +85,7 @@ class MQARTask(Task):
         n = self.sizes[split]
         ids = np.empty((n, self.seq_len), dtype=np.int64)
         labels = np.empty((n, self.seq_len), dtype=np.int64)
-        for i in range(n):
+        for i in progress(range(n), n, f"generate mqar {split}"):
             rng = np.random.default_rng(list(split_seed(self.seed, split, i).encode()))
             ids[i], labels[i] = make_mqar_example(rng, self.seq_len, self.num_kv_pairs, self.num_queries,
                                                   self.vocab_size)

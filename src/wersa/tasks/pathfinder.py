@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Task, TaskInfo, TokenDataset, check_positive_int, split_seed
+from .base import Task, TaskInfo, TokenDataset, check_positive_int, progress, split_seed
 from .registry import register_task
 
 INK = 255
@@ -147,6 +147,7 @@ class PathfinderTask(Task):
     """
 
     name = "pathfinder"
+    cache_by_default = True
 
     def __init__(self, image_size: int = 32, num_train: int = 10_000, num_validation: int = 1_000,
                  num_test: int = 1_000, num_distractors: int | None = None, curve_length: int | None = None,
@@ -191,7 +192,7 @@ class PathfinderTask(Task):
         n = self.sizes[split]
         tokens = torch.empty(n * self.image_size ** 2, dtype=torch.int16)
         labels = torch.empty(n, dtype=torch.int64)
-        for i in range(n):
+        for i in progress(range(n), n, f"generate pathfinder {split}"):
             ex = self.draw(split, i)
             flat = torch.from_numpy(ex.image.reshape(-1).astype(np.int16)) + 1
             tokens[i * flat.numel():(i + 1) * flat.numel()] = flat

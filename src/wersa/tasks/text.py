@@ -459,3 +459,140 @@ class ByteLMTask(Task):
                                 f"{len(parts)} documents, {len(stream)} bytes, windows of {self.seq_len}",
                                 "add text, lower seq_len or raise that split's share in split_fractions")
 
+
+
+def line_signatures(documents: list[bytes], common_fraction: float = 0.05) -> list[set[bytes]]:
+    """Each document's set of distinct stripped non-empty lines, without lines common to more than
+    ``common_fraction`` of the documents (``else:``, ``pass``, licence headers: shared by unrelated files)."""
+    sets = [{ln.strip() for ln in doc.splitlines() if ln.strip()} for doc in documents]
+    counts: dict[bytes, int] = {}
+    for s in sets:
+        for ln in s:
+            counts[ln] = counts.get(ln, 0) + 1
+    limit = max(1.0, common_fraction * len(documents))
+    return [{ln for ln in s if counts[ln] <= limit} for s in sets]
+
+
+def drop_near_duplicates(signatures: list[set[bytes]], threshold: float = 0.5) -> list[int]:
+    """Indices kept by a greedy pass in the given order: a document is dropped when it shares at least
+    ``threshold`` of its lines with a kept one, or a kept one shares that much of its lines with it.
+
+    Put the train documents first: a validation or test document that overlaps a train one is
+    then the one dropped, and a template family (files generated from one template) keeps one member.
+    A document with no distinctive line is dropped too (nothing tells it apart).
+    """
+    postings: dict[bytes, list[int]] = {}
+    kept: list[int] = []
+    for i, sig in enumerate(signatures):
+        if not sig:
+            continue
+        shared: dict[int, int] = {}
+        for ln in sig:
+            for j in postings.get(ln, ()):
+                shared[j] = shared.get(j, 0) + 1
+        if any(n >= threshold * len(sig) or n >= threshold * len(signatures[j]) for j, n in shared.items()):
+            continue
+        kept.append(i)
+        for ln in sig:
+            postings.setdefault(ln, []).append(i)
+    return kept
+
+
+@register_task
+class StdlibTextTask(Task):
+    """Balanced byte-level classification of standard-library code: which package is a window from?
+
+    The study's text task (LRA "Text"-like lengths, 2k-4k bytes, on data every machine has).
+    Documents are the ``.py`` files of at least ``max_length`` bytes under the
+    ``num_classes`` largest packages; they are assigned to splits by a hash of their path;
+    near-duplicates are removed (:func:`drop_near_duplicates`, train documents first, so
+    no validation or test document shares half its lines with a train document and each
+    template family keeps one file); each file gives up to ``windows_per_document``
+    disjoint windows of ``max_length`` bytes; every class is then cut to the size of the
+    smallest one in each split (a seeded draw), so classes are balanced and chance is
+    ``1 / num_classes``. The packages depend on the interpreter's version (recorded in
+    ``source``).
+
+    Args:
+        max_length: bytes per example (2048-4096 for the study).
+        num_classes: how many of the largest packages are classes.
+        windows_per_document: windows taken from each file (from its start).
+        split_fractions: train/validation/test shares (by file).
+        dedupe: remove near-duplicate files (``False`` only to measure what it removes).
+        threshold: shared-line fraction that makes two files near-duplicates.
+        root: the library folder (default: this interpreter's standard library).
+        seed: the balancing draw.
+    """
+
+    name = "stdlib_text"
+
+    def __init__(self, max_length: int = 2048, num_classes: int = 4, windows_per_document: int = 8,
+                 split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), dedupe: bool = True,
+                 threshold: float = 0.5, root: str | os.PathLike | None = None, seed: int = 0,
+                 cache_dir: str | os.PathLike | None = None):
+        super().__init__(cache_dir)
+        check_positive_int(self.name, "max_length", max_length)
+        check_positive_int(self.name, "num_classes", num_classes, 2)
+        check_positive_int(self.name, "windows_per_document", windows_per_document)
+        if not 0 < threshold <= 1:
+            raise ValueError(f"{self.name}: threshold must be in (0, 1], got {threshold!r}")
+        self.max_length, self.windows_per_document = max_length, windows_per_document
+        self.fractions = _check_fractions(self.name, split_fractions)
+        self.dedupe, self.threshold, self.seed = bool(dedupe), float(threshold), seed
+        self.root = Path(root or sysconfig.get_paths()["stdlib"])
+        files = []
+        for path in stdlib_files(self.root):
+            rel = path.relative_to(self.root)
+            if len(rel.parts) > 1 and path.stat().st_size >= max_length:
+                files.append((str(rel), rel.parts[0], document_split(str(rel), self.fractions)))
+        order = {"train": 0, "validation": 1, "test": 2}
+        files.sort(key=lambda f: (order[f[2]], f[0]))  # train first: overlapping held-out files are dropped
+        self.dropped: list[str] = []
+        if self.dedupe:
+            keep = set(drop_near_duplicates(line_signatures([(self.root / f[0]).read_bytes() for f in files]),
+                                            self.threshold))
+            self.dropped = [f[0] for i, f in enumerate(files) if i not in keep]
+            files = [f for i, f in enumerate(files) if i in keep]
+        sizes: dict[str, int] = {}
+        for _, family, _ in files:
+            sizes[family] = sizes.get(family, 0) + 1
+        self.families = tuple(sorted(sorted(sizes, key=lambda f: (-sizes[f], f))[:num_classes]))
+        if len(self.families) < num_classes:
+            raise ValueError(f"{self.name}: only {len(self.families)} packages have files of >= {max_length} bytes "
+                             f"under {self.root}; lower num_classes or max_length")
+        self.documents = [(rel, self.families.index(fam), split) for rel, fam, split in files
+                          if fam in self.families]
+        import sys
+
+        self.info = TaskInfo(
+            name=self.name, kind="classification", vocab_size=BYTE_VOCAB_SIZE, max_length=max_length,
+            num_classes=num_classes, class_names=self.families, bytes_per_token=BYTES_PER_TOKEN,
+            source=f"Python {sys.version_info.major}.{sys.version_info.minor} standard library sources, byte-level "
+                   f"{max_length}-byte windows, split by file, near-duplicates removed, classes balanced")
+
+    def config(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "classes": self.families, "windows": self.windows_per_document,
+                "fractions": self.fractions, "dedupe": self.dedupe, "threshold": self.threshold,
+                "root": str(self.root), "seed": self.seed}
+
+    def split_documents(self, split: str) -> list[str]:
+        return sorted(rel for rel, _, s in self.documents if s == split)
+
+    def _build_split(self, split: str) -> TokenDataset:
+        per_class: list[list[np.ndarray]] = [[] for _ in self.families]
+        for rel, label, s in self.documents:
+            if s != split:
+                continue
+            data = (self.root / rel).read_bytes()
+            for w in range(min(self.windows_per_document, len(data) // self.max_length)):
+                per_class[label].append(encode_bytes(data[w * self.max_length:(w + 1) * self.max_length]))
+        n = min(len(c) for c in per_class)
+        rng = np.random.default_rng([self.seed, ("train", "validation", "test").index(split)])
+        seqs, labels = [], []
+        for label, windows in enumerate(per_class):
+            for i in sorted(rng.permutation(len(windows))[:n]):
+                seqs.append(windows[i])
+                labels.append(label)
+        ds = TokenDataset.from_sequences(seqs, labels, dtype=torch.int16)
+        return require_examples(self.name, split, ds, f"{len(self.documents)} files under {self.root}",
+                                "raise that split's share in split_fractions or lower max_length")
