@@ -279,7 +279,7 @@ CLAIM_OPTIONS = {
 }
 
 
-CAPS_KNOWN_FAILING = {"linformer": "capabilities_for ignores max_len (the instance claims its own max_len)"}
+CAPS_KNOWN_FAILING: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name,causal", [

@@ -104,9 +104,9 @@ def _study() -> Sweep:
                       label=f"MQAR-256 ({k} pairs)", mixers=list(CAUSAL_MIXERS), overrides=dict(batch_size=32))
             for k in STUDY_MQAR_PAIRS]
     tasks = [
+        TaskEntry("fashion_mnist", 784, {}, label="sFashion-MNIST-784", overrides=dict(batch_size=10)),
         TaskEntry("listops", 512, {"num_train": 10_000, "num_validation": 1_000, "num_test": 1_000,
                                    "min_length": 64, "max_length": 512, "max_depth": 6}, label="ListOps-512"),
-        TaskEntry("fashion_mnist", 784, {}, label="sFashion-MNIST-784", overrides=dict(batch_size=10)),
         TaskEntry("stdlib_text", 2048, {"max_length": 2048, "num_classes": 4, "windows_per_document": 16},
                   label="Text-2k (stdlib code, balanced, deduplicated)",
                   overrides=dict(batch_size=4, eval_samples=None, select_samples=None)),
