@@ -94,7 +94,7 @@ class Mamba(Mixer):
         d_state: int = 16, conv_size: int = 4, expand: int = 2, dt_rank: int | None = None,
         dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
         dt_scale: float = 1.0, conv_bias: bool = True, bias: bool = False,
-        num_groups: int = 1, chunk_size: int = 32, seed: int | None = None,
+        num_groups: int = 1, chunk_size: int = 16, seed: int | None = None,
     ):
         super().__init__(dim, num_heads, causal)
         name = self.capabilities.name

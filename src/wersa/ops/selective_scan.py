@@ -98,43 +98,44 @@ def _scan_block(h0: Tensor, d: Tensor, u: Tensor, A: Tensor, B: Tensor, C: Tenso
     if pad:  # zero steps: identity decay, no input (their outputs are dropped)
         d, u, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (d, u, B, C))
     K = (T + pad) // c
-    # (b, K, c, G, Dm / G, N): channels split by group so B and C broadcast, never expand.
-    log_decay = (d.unsqueeze(-1) * A).view(b, K, c, G, Dm // G, N)  # <= 0
-    Bg = B.view(b, K, c, G, 1, N)
-    Cg = C.view(b, K, c, G, 1, N)
-    inp = (d * u).view(b, K, c, G, Dm // G, 1) * Bg  # delta_t B_t u_t
-    # Step-major contiguous copies, split with unbind (not indexing): each step reads
-    # contiguous memory, and autograd stacks the step gradients instead of scattering
-    # each into a zero tensor of full size.
-    decays = torch.exp(log_decay).transpose(1, 2).contiguous().unbind(1)  # c x (b, K, G, Dm/G, N)
-    inps = inp.transpose(1, 2).contiguous().unbind(1)
+    Eg = Dm // G
+    # Step-major (b, c, K, G, Dm / G, N) tensors, so step t of every chunk is one contiguous
+    # slice; the transposes act on the small (b, T, Dm) inputs, channels are split by group
+    # so B and C broadcast. unbind (not indexing) makes autograd stack the step gradients
+    # instead of scattering each into a zero tensor of full size.
+    step_major = lambda t: t.reshape(b, K, c, *t.shape[2:]).transpose(1, 2)  # noqa: E731
+    Ag = A.view(G, Eg, N)
+    dg = d.view(b, T + pad, G, Eg)
+    decays = torch.exp(step_major(dg).unsqueeze(-1) * Ag).unbind(1)  # c x (b, K, G, Eg, N), <= 1
+    inps = (step_major((d * u).view(b, T + pad, G, Eg)).unsqueeze(-1)
+            * step_major(B).unsqueeze(-2)).unbind(1)  # delta_t u_t B_t
+    Cs = step_major(C).unsqueeze(-2).unbind(1)  # c x (b, K, G, 1, N)
     # (1) every chunk from a zero state, all chunks at once: the chunk-end local states
     h = torch.zeros_like(inps[0])
     for t in range(c):
         h = decays[t] * h + inps[t]
-    ends, chunk_decays = h.unbind(1), torch.exp(log_decay.sum(2)).unbind(1)
+    ends = h.unbind(1)
+    chunk_decays = torch.exp(dg.view(b, K, c, G, Eg).sum(2).unsqueeze(-1) * Ag).unbind(1)
     # (2) chain them: the state entering each chunk
-    h = h0.view(b, G, Dm // G, N)
+    h = h0.view(b, G, Eg, N)
     entering = []
     for k in range(K):
         entering.append(h)
         h = chunk_decays[k] * h + ends[k]
     # (3) rerun every chunk from its entering state; y_t = C_t . h_t
-    s_t = torch.stack(entering, dim=1)  # (b, K, G, Dm/G, N)
-    states = []
+    s_t = torch.stack(entering, dim=1)  # (b, K, G, Eg, N)
+    ys = []
     for t in range(c):
         s_t = decays[t] * s_t + inps[t]
-        states.append(s_t)
-    states = torch.stack(states, dim=1)  # (b, c, K, G, Dm/G, N)
-    y = (states @ Cg.transpose(1, 2).transpose(-1, -2)).squeeze(-1)  # (b, c, K, G, Dm/G)
-    y = y.transpose(1, 2).reshape(b, K * c, Dm)[:, :T]
+        ys.append((s_t * Cs[t]).sum(-1))
+    y = torch.stack(ys, dim=2).reshape(b, K * c, Dm)[:, :T]  # (b, K, c, G, Eg) -> (b, T, Dm)
     return y, h.reshape(b, Dm, N)
 
 
 def selective_scan(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Tensor | None = None, z: Tensor | None = None, *,
-    initial_state: Tensor | None = None, chunk_size: int = 32, block_size: int = 1024,
+    initial_state: Tensor | None = None, chunk_size: int = 16, block_size: int = 256,
     return_state: bool = False, checkpoint: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked parallel selective scan. Equals :func:`selective_scan_reference`.
