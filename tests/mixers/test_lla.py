@@ -81,3 +81,41 @@ def test_bad_options():
     with pytest.raises(ValueError, match="ridge_lambda"):
         wersa.build_mixer("lla", dim=16, num_heads=2, ridge_lambda=0.0)
     assert wersa.capabilities("lla").linear_time is False
+
+
+class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_memory_is_n2_plus_n_d2_not_n2_d(causal):
+    """No (N, N, d) intermediate: the largest tensor is within 2x of max(N^2, N d^2) per head."""
+    B, H, n, d = 1, 2, 128, 8  # N^2 d = 131072 per head, against N^2 = 16384 and N d^2 = 8192
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, n, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    with LargestTensor() as mode:
+        y = local_linear_attention(q, k, v, causal=causal)
+        torch.autograd.grad(y.square().sum(), (q, k, v))
+    assert mode.largest <= 2 * B * H * max(n * n, n * d * d), mode.largest
+
+
+def test_out_renamed_out_proj_and_bias_split():
+    m = wersa.build_mixer("lla", dim=16, num_heads=2)
+    old = {("out." + k[len("out_proj."):] if k.startswith("out_proj.") else k): v for k, v in m.state_dict().items()}
+    fresh = wersa.build_mixer("lla", dim=16, num_heads=2)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.out_proj.weight, m.out_proj.weight)
+    with pytest.warns(FutureWarning, match="qkv_bias"):
+        nb = wersa.build_mixer("lla", dim=16, num_heads=2, bias=False)
+    assert nb.qkv.bias is None and nb.out_proj.bias is None

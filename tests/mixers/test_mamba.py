@@ -73,12 +73,40 @@ def test_padding_invariance_and_prefill_state(side):
         assert torch.allclose(m.step(nxt, sp)[0], m.step(nxt, s)[0], atol=1e-5)
 
 
-def test_num_heads_groups_bc_and_dt_init():
-    m = wersa.build_mixer("mamba", dim=32, num_heads=4, causal=True)
-    assert m.x_proj.out_features == m.dt_rank + 2 * 4 * m.d_state and m.dt_rank == 2
+def test_paper_block_whatever_num_heads_and_groups_as_an_option_and_dt_init():
+    """The S6 block has one B/C selection: num_heads (passed by models) does not group it."""
+    for heads in (1, 4):
+        m = wersa.build_mixer("mamba", dim=32, num_heads=heads, causal=True)
+        assert m.num_groups == 1 and m.x_proj.out_features == m.dt_rank + 2 * m.d_state and m.dt_rank == 2
+    g = wersa.build_mixer("mamba", dim=32, num_heads=4, causal=True, num_groups=4)
+    assert g.x_proj.out_features == g.dt_rank + 2 * 4 * g.d_state
+    with pytest.raises(ValueError, match="num_groups"):
+        wersa.build_mixer("mamba", dim=32, num_heads=4, causal=True, num_groups=3)
     dt = torch.nn.functional.softplus(m.dt_proj.bias.detach())
     assert float(dt.min()) >= 1e-4 - 1e-7 and float(dt.max()) <= 0.1 + 1e-6
     assert torch.allclose(-torch.exp(m.A_log[0]), -torch.arange(1.0, 17.0))
+
+
+def test_d_conv_renamed_conv_size():
+    with pytest.warns(FutureWarning, match="conv_size"):
+        m = wersa.build_mixer("mamba", dim=16, num_heads=2, causal=True, d_conv=3)
+    assert m.conv_size == 3 and m.conv1d.kernel_size == (3,)
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_parity_with_mambapy_on_copied_weights(num_heads):
+    """mambapy 1.2's MambaBlock (sequential scan) with this block's weights, float64."""
+    mp = pytest.importorskip("mambapy.mamba")
+    torch.manual_seed(0)
+    m = wersa.build_mixer("mamba", dim=16, num_heads=num_heads, causal=True, chunk_size=5).double()
+    cfg = mp.MambaConfig(d_model=16, n_layers=1, d_state=m.d_state, expand_factor=m.expand,
+                         d_conv=m.conv_size, pscan=False)
+    peer = mp.MambaBlock(cfg).double()
+    missing, unexpected = peer.load_state_dict(m.state_dict(), strict=True)
+    assert not missing and not unexpected
+    x = torch.randn(2, 23, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), peer(x), rtol=1e-9, atol=1e-10)
 
 
 def test_gradients_and_bfloat16():
@@ -99,3 +127,5 @@ def test_causal_only_and_bad_options():
         build(d_state=0)
     with pytest.raises(ValueError, match="dt_min"):
         build(dt_min=0.5, dt_max=0.1)
+    with pytest.raises(ValueError, match="conv_size"):
+        build(conv_size=0)

@@ -10,6 +10,7 @@ import torch
 import wersa
 from wersa.mixers.performer import Performer, favor_features
 from wersa.ops.feature_maps import orthogonal_random_matrix, softmax_kernel_features_reference
+from wersa.ops.running_max_attention import running_max_attention_reference
 from wersa.ops.linear_attention import causal_linear_attention, linear_attention, linear_attention_reference
 from wersa.ops.softmax_attention import softmax_attention_reference
 
@@ -26,7 +27,10 @@ def dense_reference(m: Performer, x: torch.Tensor, mask=None) -> torch.Tensor:
     """The module's math with the O(N^2) formula: (phi_q phi_k^T [tril] masked) V / rowsum."""
     q, k, v = m._heads(x)
     phi_q, phi_k = m.features(q, k, mask)
-    out = linear_attention_reference(phi_q, phi_k, v, causal=m.causal, key_mask=mask, eps=m.eps)
+    if m.causal and m.feature_map == "softmax":  # keys shifted by each query's running max
+        out = running_max_attention_reference(phi_q, phi_k, v, eps=m.eps)
+    else:
+        out = linear_attention_reference(phi_q, phi_k, v, causal=m.causal, key_mask=mask, eps=m.eps)
     y = m._merge(out, x.dtype)
     return y if mask is None else y * mask[..., None].to(y.dtype)
 
@@ -121,9 +125,9 @@ def test_bidirectional_output_approaches_softmax_attention():
 
 # -------------------------------------------------------------- references
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kernel", ["softmax", "relu"])
-def test_matches_dense_reference_values_and_gradients(causal, kernel):
-    m = build(causal, kernel=kernel, num_features=24, chunk_size=4)
+@pytest.mark.parametrize("feature_map", ["softmax", "relu"])
+def test_matches_dense_reference_values_and_gradients(causal, feature_map):
+    m = build(causal, feature_map=feature_map, num_features=24, chunk_size=4)
     x = torch.randn(2, 11, D, dtype=F64, requires_grad=True)
     y = m(x)
     ref = dense_reference(m, x)
@@ -173,9 +177,9 @@ def test_causal_prefix_invariance_where_performer_pytorch_leaks():
 
 
 # --------------------------------------------------------------- recurrence
-@pytest.mark.parametrize("kernel", ["softmax", "relu"])
-def test_step_and_prefill_equal_parallel(kernel):
-    m = build(True, kernel=kernel, num_features=16, chunk_size=4)
+@pytest.mark.parametrize("feature_map", ["softmax", "relu"])
+def test_step_and_prefill_equal_parallel(feature_map):
+    m = build(True, feature_map=feature_map, num_features=16, chunk_size=4)
     x = torch.randn(2, 13, D, dtype=F64)
     with torch.no_grad():
         y = m(x)
@@ -324,9 +328,69 @@ def test_single_token_and_length_one_chunk():
 
 
 @pytest.mark.parametrize("opts", [
-    {"num_features": 0}, {"kernel": "tanh"}, {"chunk_size": 0}, {"feature_seed": -1},
+    {"num_features": 0}, {"feature_map": "tanh"}, {"chunk_size": 0}, {"feature_seed": -1},
     {"redraw_interval": 0}, {"eps": -1.0},
 ])
 def test_bad_options_raise(opts):
     with pytest.raises(ValueError, match="performer"):
         wersa.build_mixer("performer", dim=D, num_heads=H, **opts)
+
+
+# ------------------------------------------- causal key stabiliser (running max)
+def large_key_pair(dim=128, heads=1, dtype=torch.float32):
+    """Causal and bidirectional twins (same weights) at head_dim 128 and inputs whose keys have norm > 40."""
+    torch.manual_seed(0)
+    c = wersa.build_mixer("performer", dim=dim, num_heads=heads, causal=True, num_features=64).to(dtype)
+    b = wersa.build_mixer("performer", dim=dim, num_heads=heads, causal=False, num_features=64).to(dtype)
+    with torch.no_grad():
+        c.to_qkv.weight[dim:2 * dim] *= 40  # large keys, moderate queries (so q . k stays finite)
+    b.load_state_dict(c.state_dict())
+    x = torch.randn(2, 96, dim, dtype=dtype)
+    with torch.no_grad():
+        _, k, _ = c._heads(x)
+    assert float(k.norm(dim=-1).min()) > 40
+    return c, b, x
+
+
+def test_causal_last_token_equals_bidirectional_at_large_key_norms():
+    """The last token sees every key in both modes; unshifted causal features underflow (or overflow)."""
+    c, b, x = large_key_pair()
+    with torch.no_grad():
+        yc, yb = c(x)[:, -1], b(x)[:, -1]
+    assert torch.isfinite(yc).all()
+    rel = float((yc - yb).norm() / yb.norm())
+    assert rel < 1e-5, rel
+
+
+def test_causal_large_keys_step_equals_parallel_and_prefill_float64():
+    c, _, x = large_key_pair(dtype=F64)
+    c.eval()
+    with torch.no_grad():
+        y = c(x)
+        ys, _ = c.step_through(x)
+        torch.testing.assert_close(ys, y, rtol=1e-10, atol=1e-12)
+        yp, s = c.prefill(x[:, :37])
+        yt, _ = c.step_through(x[:, 37:], s)
+        torch.testing.assert_close(torch.cat([yp, yt], 1), y, rtol=1e-10, atol=1e-12)
+
+
+def test_causal_large_keys_future_perturbation_changes_nothing():
+    c, _, x = large_key_pair(dtype=F64)
+    x2 = x.clone()
+    x2[:, 50:] *= 3.0  # larger future keys raise the max of later tokens only
+    with torch.no_grad():
+        y1, y2 = c(x), c(x2)
+    assert torch.equal(y1[:, :50], y2[:, :50])
+    assert not torch.allclose(y1[:, 50:], y2[:, 50:])
+
+
+def test_kernel_and_to_out_renamed_and_old_checkpoints_load():
+    with pytest.warns(FutureWarning, match="feature_map"):
+        m = wersa.build_mixer("performer", dim=D, num_heads=H, kernel="relu")
+    assert m.feature_map == "relu"
+    old = {("to_out." + k[len("out_proj."):] if k.startswith("out_proj.") else k): v
+           for k, v in m.state_dict().items()}
+    assert "to_out.weight" in old
+    fresh = wersa.build_mixer("performer", dim=D, num_heads=H, feature_map="relu")
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.out_proj.weight, m.out_proj.weight)

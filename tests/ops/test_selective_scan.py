@@ -72,3 +72,24 @@ def test_bad_shapes():
         selective_scan(u, delta, A, B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1))
     with pytest.raises(ValueError, match="A must be"):
         selective_scan(u, delta, A[:3], B, C)
+
+
+@pytest.mark.parametrize("chunk,block", [(4, 10), (7, 7), (3, 64), (16, 5)])
+def test_two_level_scan_any_chunk_and_block_equals_reference(chunk, block):
+    """Chunks that do not divide blocks, blocks that do not divide L, groups: values and gradients."""
+    args = [t.requires_grad_() for t in inputs(L=29, G=2, seed=3)]
+    h0 = torch.randn(2, 8, 4, dtype=torch.float64, requires_grad=True)
+    y1, h1 = selective_scan(*args, initial_state=h0, chunk_size=chunk, block_size=block, return_state=True)
+    y2, h2 = selective_scan_reference(*args, initial_state=h0, return_state=True)
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h1, h2, rtol=1e-12, atol=1e-12)
+    g1 = torch.autograd.grad(y1.square().sum() + h1.sum(), [*args, h0])
+    g2 = torch.autograd.grad(y2.square().sum() + h2.sum(), [*args, h0])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_bad_chunk_or_block():
+    u, delta, A, B, C, D, z = inputs()
+    with pytest.raises(ValueError, match="block_size"):
+        selective_scan(u, delta, A, B, C, block_size=0)

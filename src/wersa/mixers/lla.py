@@ -20,9 +20,11 @@ Per head, with scale ``s = d^-1/2`` and sums over the keys ``j`` query ``i`` may
     o_i   = sum_j w_ij (1 - rho_i . (k_j - q_i)) / delta_i  v_j
 
 The effective weights sum to one (affine, not convex: some can be negative).
-``lambda -> inf`` gives softmax attention. The ``O(N^2 d)`` tensor ``k_j - q_i`` is never
-formed: ``mu_i = (w k)_i - w_i q_i``, ``S_i = (sum_j w_ij k_j k_j^T) - (w k)_i q_i^T
-- q_i (w k)_i^T + w_i q_i q_i^T + lambda w_i I``, and
+``lambda -> inf`` gives softmax attention. No ``O(N^2 d)`` tensor is formed (neither
+``k_j - q_i`` nor ``w_ij k_j``; a test bounds the largest tensor of the forward and
+backward passes): ``mu_i = (w k)_i - w_i q_i``, ``S_i = (sum_j w_ij k_j k_j^T) - (w k)_i q_i^T
+- q_i (w k)_i^T + w_i q_i q_i^T + lambda w_i I`` with ``sum_j w_ij k_j k_j^T`` the product of
+``w`` and the ``(m, d^2)`` outer products ``k_j k_j^T``, and
 ``o_i = [(1 + rho_i . q_i) (w v)_i - sum_j w_ij (rho_i . k_j) v_j] / delta_i``.
 
 Defaults (the reference's): ``ridge_lambda = 0.01``, ``qk_scale = d^-1/2``,
@@ -40,6 +42,7 @@ left-padded position) would make ``S_i = 0`` singular and poison gradients with 
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -77,7 +80,9 @@ def local_linear_attention(
     omega = w.sum(-1, keepdim=True)  # (B, H, n, 1)
     wk = w @ k  # (B, H, n, d)
     mu = wk - omega * q
-    kk = torch.einsum("bhij,bhjd,bhje->bhide", w, k, k)  # sum_j w_ij k_j k_j^T
+    # sum_j w_ij k_j k_j^T as one product with the (m, d^2) outer products: O(N^2 d^2) time,
+    # O(N d^2) memory. (A three-operand einsum forms the (n, m, d) product w_ij k_j first.)
+    kk = (w @ (k.unsqueeze(-1) * k.unsqueeze(-2)).flatten(-2)).unflatten(-1, (d, d))
     qwk = q.unsqueeze(-1) * wk.unsqueeze(-2)  # q_i (wk)_i^T
     eye = torch.eye(d, dtype=cd, device=q.device)
     sigma = (kk - qwk - qwk.transpose(-1, -2)
@@ -133,6 +138,8 @@ class LLACache(NamedTuple):
 class LocalLinearAttention(Mixer):
     """LLA with its own q/k/v/out projections: ``(B, N, D) -> (B, N, D)``. Quadratic."""
 
+    renamed_parameters = {"out.": "out_proj."}
+
     capabilities = Capabilities(
         name="lla",
         causal=True,
@@ -151,7 +158,7 @@ class LocalLinearAttention(Mixer):
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
         ridge_lambda: float = 0.01, qk_scale: float | None = None, delta_eps: float = 1e-12,
-        bias: bool = True,
+        qkv_bias: bool = True, out_bias: bool = True, bias: bool | None = None,
     ):
         super().__init__(dim, num_heads, causal)
         name = self.capabilities.name
@@ -162,8 +169,12 @@ class LocalLinearAttention(Mixer):
         if not delta_eps >= 0:
             raise ValueError(f"{name}: delta_eps must be >= 0, got {delta_eps}")
         self.ridge_lambda, self.qk_scale, self.delta_eps = float(ridge_lambda), qk_scale, float(delta_eps)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.out = nn.Linear(dim, dim, bias=bias)
+        if bias is not None:  # 0.1.0's one switch for both projections
+            warnings.warn("lla: option 'bias' was split into 'qkv_bias' and 'out_bias'; 'bias' sets both",
+                          FutureWarning, stacklevel=2)
+            qkv_bias = out_bias = bool(bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
 
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, n, D)`` -> q, k, v ``(B, H, n, d)``."""
@@ -178,7 +189,7 @@ class LocalLinearAttention(Mixer):
         Bsz, n, _ = x.shape
         q, k, v = self._heads(x)
         y = self._lla(q, k, v, self.causal, mask)
-        return self.out(y.transpose(1, 2).reshape(Bsz, n, self.dim))
+        return self.out_proj(y.transpose(1, 2).reshape(Bsz, n, self.dim))
 
     # ---------------------------------------------------------------- decoding
     def _init_state(self, batch_size: int, device, dtype) -> LLACache:
@@ -193,7 +204,7 @@ class LocalLinearAttention(Mixer):
         valid = torch.cat([state.valid, state.valid.new_ones(x_t.shape[0], 1)], 1)
         key_mask = None if bool(valid.all()) else valid
         y = self._lla(q, ks, vs, False, key_mask)  # the newest query sees the whole cache
-        return self.out(y.transpose(1, 2).reshape(x_t.shape[0], self.dim)), LLACache(ks, vs, valid)
+        return self.out_proj(y.transpose(1, 2).reshape(x_t.shape[0], self.dim)), LLACache(ks, vs, valid)
 
     def _select_state(self, keep: Tensor, new: LLACache, old: LLACache) -> LLACache:
         # The cache grows either way; a padding step's key is marked invalid instead.

@@ -6,7 +6,7 @@ arXiv 2312.00752; block of ``state-spaces/mamba`` ``modules/mamba_simple.py``.
 Block, for ``x`` of shape ``(B, L, D)`` and ``E = expand * D`` inner channels::
 
     (u, z)      = in_proj(x)                                  # D -> 2E, no bias
-    u           = silu(causal_depthwise_conv1d(u))            # kernel d_conv, left padding only
+    u           = silu(causal_depthwise_conv1d(u))            # kernel conv_size, left padding only
     (dt, B, C)  = x_proj(u)                                   # E -> dt_rank + 2 * G * N, no bias
     delta       = softplus(dt_proj(dt))                       # dt_rank -> E; bias = softplus^-1(dt0)
     A           = -exp(A_log)                                 # (E, N), S4D-real init A[:, n] = -(n+1)
@@ -14,20 +14,22 @@ Block, for ``x`` of shape ``(B, L, D)`` and ``E = expand * D`` inner channels::
     y_t         = C_t . h_t + D_skip u_t
     out         = out_proj(y * silu(z))                       # E -> D, no bias
 
-Defaults: ``d_state N = 16``, ``d_conv = 4``, ``expand = 2``, ``dt_rank = ceil(D / 16)``,
+Defaults: ``d_state N = 16``, ``conv_size = 4``, ``expand = 2``, ``dt_rank = ceil(D / 16)``,
 ``dt_min = 1e-3``, ``dt_max = 0.1``, ``dt_init_floor = 1e-4``, ``dt_scale = 1``,
 ``conv_bias = True``, ``bias = False``. ``dt0 ~ logUniform[dt_min, dt_max]`` floored at
 ``dt_init_floor``; ``dt_proj.weight ~ U(+-dt_scale * dt_rank^-1/2)``. ``A_log`` and ``D_skip``
 carry ``_no_weight_decay = True`` (as upstream) for optimisers that honour it.
 
-``num_heads``: the number ``G`` of groups of the input-dependent ``B`` and ``C``
-(channel ``e`` reads group ``e // (E / G)``, as Mamba-2's ``ngroups``). ``num_heads=1``
-is the original Mamba block; ``G > 1`` gives each group of channels its own
-selection, at ``2 (G - 1) N`` extra ``x_proj`` outputs per token.
+``num_heads`` does not enter the block: Mamba has no heads, and the paper's S6 block has
+one input-dependent ``B`` and ``C`` shared by all ``E`` channels, whatever ``num_heads``
+a model passes. ``num_groups=G > 1`` (an option, not the paper's) gives each of ``G``
+groups of channels its own selection (channel ``e`` reads group ``e // (E / G)``, as
+Mamba-2's ``ngroups``), at ``2 (G - 1) N`` extra ``x_proj`` outputs per token.
 
-Computation: training and ``forward`` use the chunked parallel scan of
-:mod:`wersa.ops.selective_scan` (float32, ``O(L c E N)`` time, no ``(B, E, L, N)``
-tensor); ``step`` updates a conv state ``(B, E, d_conv - 1)`` (the previous conv inputs)
+Computation: training and ``forward`` use the two-level parallel scan of
+:mod:`wersa.ops.selective_scan` (float32, ``O(L E N)`` work in ``chunk_size + L / chunk_size``
+vectorised steps per block, activation checkpointing per block when training);
+``step`` updates a conv state ``(B, E, conv_size - 1)`` (the previous conv inputs)
 and an SSM state ``(B, E, N)`` (float32); ``prefill`` runs the parallel scan and returns
 both. The mixer is causal only: ``causal=False`` raises (a bidirectional variant would
 be a second, reversed scan and is not provided).
@@ -39,9 +41,9 @@ sequence) and its ``delta`` is 0, which makes its decay the identity and its
 
 Pitfalls of the reference and how this file avoids them: the scan runs in float32
 whatever the module dtype (fp16/bf16 decays underflow); ``exp(cumsum(delta A))``
-overflows when divided out, so chunk-local differences are masked before ``exp``;
-the conv is padded on the left only; the reference's ``(B, E, L, N)`` materialisation
-is replaced by chunks (and activation checkpointing per chunk when training).
+overflows when divided out, so the scan only ever multiplies decays ``<= 1``; the conv is
+padded on the left only; the reference's ``(B, E, L, N)`` materialisation is replaced by
+blocks (and activation checkpointing per block when training).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from .registry import register_mixer
 
 
 class MambaState(NamedTuple):
-    """Decoding state. conv: ``(B, E, d_conv - 1)`` last conv inputs (module dtype);
+    """Decoding state. conv: ``(B, E, conv_size - 1)`` last conv inputs (module dtype);
     ssm: ``(B, E, N)`` (float32, float64 for a float64 module)."""
 
     conv: Tensor
@@ -70,6 +72,8 @@ class MambaState(NamedTuple):
 class Mamba(Mixer):
     """Selective SSM (S6) block: ``(B, N, D) -> (B, N, D)``. See the module docstring."""
 
+    renamed_options = {"d_conv": "conv_size"}
+
     capabilities = Capabilities(
         name="mamba",
         causal=True,
@@ -79,23 +83,23 @@ class Mamba(Mixer):
         recurrent=True,
         constant_state=True,
         linear_time=True,
-        summary="selective state-space model (S6): input-dependent delta, B, C; causal conv + "
-                "chunked parallel scan; num_heads = groups of B/C; causal only",
+        summary="selective state-space model (S6, the paper's block): input-dependent delta, B, C; "
+                "causal conv + two-level parallel scan; causal only",
         reference="Gu & Dao, Mamba: Linear-Time Sequence Modeling with Selective State Spaces, "
                   "arXiv 2312.00752",
     )
 
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
-        d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | None = None,
+        d_state: int = 16, conv_size: int = 4, expand: int = 2, dt_rank: int | None = None,
         dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
         dt_scale: float = 1.0, conv_bias: bool = True, bias: bool = False,
-        chunk_size: int = 16, seed: int | None = None,
+        num_groups: int = 1, chunk_size: int = 16, seed: int | None = None,
     ):
         super().__init__(dim, num_heads, causal)
         name = self.capabilities.name
-        for opt, val in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand),
-                         ("chunk_size", chunk_size)):
+        for opt, val in (("d_state", d_state), ("conv_size", conv_size), ("expand", expand),
+                         ("num_groups", num_groups), ("chunk_size", chunk_size)):
             if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
                 raise ValueError(f"{name}: {opt} must be a positive integer, got {val!r}")
         dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
@@ -103,17 +107,21 @@ class Mamba(Mixer):
             raise ValueError(f"{name}: dt_rank must be a positive integer or None, got {dt_rank!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
+        self.d_state, self.conv_size, self.expand, self.dt_rank = d_state, conv_size, expand, dt_rank
         self.d_inner = expand * dim
-        self.groups = num_heads  # divides dim, hence d_inner
+        if self.d_inner % num_groups != 0:
+            raise ValueError(f"{name}: num_groups={num_groups} must divide the {self.d_inner} inner channels "
+                             f"(expand * dim)")
+        # num_heads does not enter the S6 block: one B/C selection for all channels (the paper's).
+        self.num_groups = num_groups
         self.chunk_size = chunk_size
-        E, N, G = self.d_inner, d_state, self.groups
+        E, N, G = self.d_inner, d_state, self.num_groups
 
         gen = None
         if seed is not None:
             gen = torch.Generator().manual_seed(seed)
         self.in_proj = nn.Linear(dim, 2 * E, bias=bias)
-        self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, bias=conv_bias)
+        self.conv1d = nn.Conv1d(E, E, conv_size, groups=E, bias=conv_bias)
         self.x_proj = nn.Linear(E, dt_rank + 2 * G * N, bias=False)
         self.dt_proj = nn.Linear(dt_rank, E, bias=True)
         self.out_proj = nn.Linear(E, dim, bias=bias)
@@ -137,7 +145,7 @@ class Mamba(Mixer):
     # ----------------------------------------------------------------- helpers
     def _ssm_params(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``u (..., E)`` -> ``delta (..., E)`` (float32), ``B, C (..., G, N)``."""
-        G, N = self.groups, self.d_state
+        G, N = self.num_groups, self.d_state
         dbc = self.x_proj(u)
         dt, Bm, Cm = torch.split(dbc, [self.dt_rank, G * N, G * N], dim=-1)
         cd = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -149,7 +157,7 @@ class Mamba(Mixer):
         return -torch.exp(self.A_log.to(cd))
 
     def _conv_weight(self) -> Tensor:
-        return self.conv1d.weight[:, 0, :]  # (E, d_conv)
+        return self.conv1d.weight[:, 0, :]  # (E, conv_size)
 
     # ----------------------------------------------------------------- forward
     def _run(self, x: Tensor, mask: Tensor | None, return_state: bool):
@@ -158,7 +166,7 @@ class Mamba(Mixer):
         if mask is not None:
             u = u * mask.unsqueeze(-1).to(u.dtype)  # padded tokens feed zeros to the conv
         conv_in = u
-        uc = self.conv1d(F.pad(u.transpose(1, 2), (self.d_conv - 1, 0)))[..., :L]  # causal
+        uc = self.conv1d(F.pad(u.transpose(1, 2), (self.conv_size - 1, 0)))[..., :L]  # causal
         uc = F.silu(uc).transpose(1, 2)  # (B, L, E)
         delta, Bm, Cm = self._ssm_params(uc)
         if mask is not None:
@@ -171,9 +179,9 @@ class Mamba(Mixer):
         return out, MambaState(self._last_conv_inputs(conv_in, mask), h)
 
     def _last_conv_inputs(self, u: Tensor, mask: Tensor | None) -> Tensor:
-        """``(B, E, d_conv - 1)``: the last ``d_conv - 1`` real conv inputs of each row
+        """``(B, E, conv_size - 1)``: the last ``conv_size - 1`` real conv inputs of each row
         (zeros in front when there are fewer), whatever the padding side."""
-        k1 = self.d_conv - 1
+        k1 = self.conv_size - 1
         Bsz, L, E = u.shape
         if k1 == 0:
             return u.new_zeros(Bsz, E, 0)
@@ -206,7 +214,7 @@ class Mamba(Mixer):
     def _init_state(self, batch_size: int, device, dtype) -> MambaState:
         sd = torch.float64 if dtype == torch.float64 else torch.float32
         return MambaState(
-            torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            torch.zeros(batch_size, self.d_inner, self.conv_size - 1, device=device, dtype=dtype),
             torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=sd),
         )
 
@@ -215,7 +223,7 @@ class Mamba(Mixer):
             raise TypeError(f"mamba: state must be the MambaState from init_state/prefill, "
                             f"got {type(state).__name__}")
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
-        window = torch.cat([state.conv.to(u.dtype), u.unsqueeze(-1)], dim=-1)  # (B, E, d_conv)
+        window = torch.cat([state.conv.to(u.dtype), u.unsqueeze(-1)], dim=-1)  # (B, E, conv_size)
         uc = (window * self._conv_weight()).sum(-1)
         if self.conv1d.bias is not None:
             uc = uc + self.conv1d.bias
@@ -229,4 +237,4 @@ class Mamba(Mixer):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, d_inner={self.d_inner}, d_state={self.d_state}, "
-                f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, groups={self.groups}")
+                f"conv_size={self.conv_size}, dt_rank={self.dt_rank}, num_groups={self.num_groups}")

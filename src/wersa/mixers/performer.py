@@ -6,8 +6,8 @@ arXiv 2009.14794. Reference code: lucidrains ``performer-pytorch`` 1.1.4.
 Math (per head, head width ``d``, ``m`` random features)::
 
     q~ = q d^{-1/4},  k~ = k d^{-1/4}               (so q~ . k~ = q . k / sqrt(d))
-    phi(x) = m^{-1/2} exp(W x - |x|^2 / 2)         (kernel="softmax", FAVOR+)
-    phi(x) = m^{-1/2} (relu(W x) + 1e-3)           (kernel="relu", generalized attention)
+    phi(x) = m^{-1/2} exp(W x - |x|^2 / 2)         (feature_map="softmax", FAVOR+)
+    phi(x) = m^{-1/2} (relu(W x) + 1e-3)           (feature_map="relu", generalized attention)
     W in R^{m x d}: stacked orthogonal blocks, rows with Gaussian norms, so that
     E[phi(q~)^T phi(k~)] = exp(q . k / sqrt(d))
 
@@ -15,7 +15,7 @@ Math (per head, head width ``d``, ``m`` random features)::
     causal:        the same with S_i, z_i summed over j <= i (chunked, O(N c (m + d) + N m d))
     recurrent:     S_t = S_{t-1} + phi(k_t) v_t^T,  z_t = z_{t-1} + phi(k_t)   (state O(m d) per head)
 
-Defaults: ``num_features=256``, ``kernel="softmax"``, one ``(m, d)`` projection shared
+Defaults: ``num_features=256``, ``feature_map="softmax"``, one ``(m, d)`` projection shared
 by all heads (as in the reference code), ``chunk_size=128``, ``eps=1e-8``.
 
 Stabilisers. ``exp`` may overflow, so implementations shift exponents by a max:
@@ -25,11 +25,17 @@ Stabilisers. ``exp`` may overflow, so implementations shift exponents by a max:
 * bidirectional keys are shifted by the max over the *real* keys of the sequence
   (per batch row and head). A bidirectional output may depend on every real key,
   so this leaks nothing, and padded keys never enter it;
-* causal keys are never shifted. A shared key shift would have to be a max over
-  keys a query may not see (the defect below). Unshifted, the exponent
-  ``w.x - |x|^2 / 2`` is bounded above by ``|w|^2 / 2``, a constant of the
-  projection (about 32 for ``d = 64``), so float32 cannot overflow; half-precision
-  inputs are computed in float32.
+* causal keys are shifted by a *running* max: query ``i`` uses the max exponent over
+  the keys ``j <= i`` it may see, carried with the state ``(S, z, M)`` and rescaling
+  ``(S, z)`` by ``exp(M_old - M_new)`` when it grows, chunk by chunk and in ``step``
+  (:mod:`wersa.ops.running_max_attention`). A shift shared by the whole sequence would
+  be a max over keys a query may not see (the defect below). Unshifted keys are not
+  safe: the exponent ``w.x - |x|^2 / 2`` is bounded above only by ``max |w|^2 / 2``
+  (92 for ``d = 128``, beyond float32's 88.7: overflow, then NaN), and keys of norm 40
+  give exponents near ``-800``, which underflow to 0 and silently return a wrong
+  output. With the running max, the last token of a causal pass equals the
+  bidirectional output of that token (the same shift, the same ``eps`` rule).
+  Half-precision inputs are computed in float32. The ReLU feature map needs no shift.
 
 Pitfalls of the reference code and how this file avoids them:
 
@@ -45,7 +51,7 @@ Pitfalls of the reference code and how this file avoids them:
 * Features are drawn from ``torch.randn`` on the global RNG. Here the projection
   is a persistent buffer drawn from a ``torch.Generator`` seeded by
   ``feature_seed``: saved with the model, identical across runs.
-* No generation cache. Here ``init_state`` / ``step`` / ``prefill`` carry ``(S, z)``.
+* No generation cache. Here ``init_state`` / ``step`` / ``prefill`` carry ``(S, z, M)``.
 
 Feature redraw: ``redraw_interval=k`` draws a fresh projection (seed
 ``feature_seed`` and the number of earlier draws, so it is reproducible) every
@@ -69,10 +75,17 @@ from ..ops.linear_attention import (
     linear_attention_step,
     LinearAttentionState,
 )
+from ..ops.running_max_attention import (
+    RunningMaxState,
+    running_max_attention,
+    running_max_attention_step,
+    running_max_init_state,
+)
 from .base import Capabilities, Mixer
 from .registry import register_mixer
 
-KERNELS = ("softmax", "relu")
+KERNELS = ("softmax", "relu")  # the feature maps
+FEATURE_MAPS = KERNELS
 RELU_EPS = 1e-3  # added to ReLU features (as in the reference code) so no denominator is 0
 _REDRAW_SEED_STRIDE = 1_000_003
 
@@ -119,6 +132,20 @@ def favor_features(
     if key_mask is not None and not is_query:
         phi = phi * key_mask[:, None, :, None].to(phi.dtype)
     return phi
+
+
+def favor_key_log_features(k: Tensor, omega: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    """Key exponents ``w.k - |k|^2 / 2``: the log of the softmax-kernel key features times ``sqrt(m)``.
+
+    ``k``: ``(B, H, N, d)`` scaled keys; ``key_mask``: ``(B, N)``; returns ``(B, H, N, m)``,
+    ``-inf`` at padded keys (their features are 0). The ``m^{-1/2}`` factor is left to the
+    caller: folded into ``log m`` here, it would be added at the exponent's magnitude
+    (~``|k|^2 / 2``) and round differently from the bidirectional features.
+    """
+    log_phi = k @ omega.transpose(-1, -2) - 0.5 * (k * k).sum(-1, keepdim=True)
+    if key_mask is not None:
+        log_phi = log_phi.masked_fill(~key_mask[:, None, :, None], float("-inf"))
+    return log_phi
 
 
 class RandomFeatureMixin:
@@ -180,7 +207,7 @@ class Performer(RandomFeatureMixin, Mixer):
         dim: model width ``D``; num_heads: ``H`` (head width ``d = D / H``).
         causal: autoregressive form (chunked prefix sums; recurrent ``step``).
         num_features: random features ``m``.
-        kernel: ``"softmax"`` (FAVOR+) or ``"relu"`` (generalized attention).
+        feature_map: ``"softmax"`` (FAVOR+) or ``"relu"`` (generalized attention).
         feature_seed: seed of the projection's generator.
         redraw_interval: redraw the projection every this many training forward calls
             (``None`` = never).
@@ -189,35 +216,43 @@ class Performer(RandomFeatureMixin, Mixer):
         qkv_bias, out_bias: biases of the input / output projections.
     """
 
+    renamed_options = {"kernel": "feature_map"}
+    renamed_parameters = {"to_out.": "out_proj."}
+
     capabilities = Capabilities(
         name="performer", causal=True, bidirectional=True, attention_mask=True,
         recurrent=True, left_padding=True, constant_state=True, linear_time=True,
-        summary="FAVOR+ positive orthogonal random features (softmax or ReLU kernel)",
+        summary="FAVOR+ positive orthogonal random features (softmax or ReLU feature map)",
         reference="Choromanski et al., Rethinking Attention with Performers, arXiv 2009.14794",
     )
 
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
-        num_features: int = 256, kernel: str = "softmax", feature_seed: int = 0,
+        num_features: int = 256, feature_map: str = "softmax", feature_seed: int = 0,
         redraw_interval: int | None = None, chunk_size: int = 128, eps: float = 1e-8,
         qkv_bias: bool = False, out_bias: bool = True,
     ):
         super().__init__(dim, num_heads, causal)
         name = self.capabilities.name
         _check_common(name, num_features, feature_seed, redraw_interval, eps)
-        if kernel not in KERNELS:
-            raise ValueError(f"{name}: kernel must be one of {KERNELS}, got {kernel!r}")
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"{name}: feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
             raise ValueError(f"{name}: chunk_size must be a positive integer, got {chunk_size!r}")
         self.num_features = num_features
-        self.kernel = kernel
+        self.feature_map = feature_map
         self.feature_seed = feature_seed
         self.redraw_interval = redraw_interval
         self.chunk_size = chunk_size
         self.eps = float(eps)
         self.to_qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.to_out = nn.Linear(dim, dim, bias=out_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
         self._init_features()
+
+    @property
+    def _running_max(self) -> bool:
+        """Causal softmax features shift keys by the running max (module docstring)."""
+        return self.causal and self.feature_map == "softmax"
 
     # ------------------------------------------------------------- helpers
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -230,17 +265,31 @@ class Performer(RandomFeatureMixin, Mixer):
         return q * scale, k * scale, v
 
     def features(self, q: Tensor, k: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Query and key features ``(B, H, N, m)`` of scaled ``q``, ``k`` ``(B, H, N, d)``."""
+        """Query features and key features ``(B, H, N, m)`` of scaled ``q``, ``k`` ``(B, H, N, d)``.
+
+        With the running-max shift (causal, softmax) the keys are returned as exponents
+        (:func:`favor_key_log_features`, ``-inf`` at padded keys), shifted per query by the
+        attention op, and the query features carry the keys' ``m^{-1/2}``.
+        """
         omega = self.projection_matrix.to(q.dtype)
-        phi_q = favor_features(q, omega, kernel=self.kernel, is_query=True)
-        phi_k = favor_features(k, omega, kernel=self.kernel, is_query=False, key_mask=key_mask,
+        phi_q = favor_features(q, omega, kernel=self.feature_map, is_query=True)
+        if self._running_max:  # the keys' m^{-1/2} rides on the queries
+            return phi_q * self.num_features ** -0.5, favor_key_log_features(k, omega, key_mask)
+        phi_k = favor_features(k, omega, kernel=self.feature_map, is_query=False, key_mask=key_mask,
                                shift_keys=not self.causal)
         return phi_q, phi_k
 
     def _merge(self, out: Tensor, dtype: torch.dtype) -> Tensor:
         """``(B, H, N, d)`` -> output projection ``(B, N, D)``."""
         b, h, n, d = out.shape
-        return self.to_out(out.transpose(1, 2).reshape(b, n, h * d).to(dtype))
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d).to(dtype))
+
+    def _causal(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, return_state: bool):
+        if self._running_max:
+            return running_max_attention(phi_q, phi_k, v, eps=self.eps, chunk_size=self.chunk_size,
+                                         return_state=return_state)
+        return causal_linear_attention(phi_q, phi_k, v, eps=self.eps, chunk_size=self.chunk_size,
+                                       return_state=return_state)
 
     # ------------------------------------------------------------- forward
     def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -248,26 +297,33 @@ class Performer(RandomFeatureMixin, Mixer):
         q, k, v = self._heads(x)
         phi_q, phi_k = self.features(q, k, mask)
         if self.causal:
-            out = causal_linear_attention(phi_q, phi_k, v, eps=self.eps, chunk_size=self.chunk_size)
+            out = self._causal(phi_q, phi_k, v, return_state=False)
         else:
             out = linear_attention(phi_q, phi_k, v, eps=self.eps)
         return self._merge(out, x.dtype)
 
     # ----------------------------------------------------------- recurrent
     def _init_state(self, batch_size: int, device, dtype) -> dict[str, Tensor]:
-        cd = compute_dtype(dtype)
-        h, m, d = self.num_heads, self.num_features, self.head_dim
         # A dict (not a NamedTuple) so the base class can select it per sequence.
-        return {"S": torch.zeros(batch_size, h, m, d, device=device, dtype=cd),
-                "z": torch.zeros(batch_size, h, m, device=device, dtype=cd)}
+        # M: the running max of key log-features (-inf before the first key; unused by ReLU features).
+        st = running_max_init_state(batch_size, self.num_heads, self.num_features, self.head_dim,
+                                    device, compute_dtype(dtype))
+        return {"S": st.S, "z": st.z, "M": st.M}
 
     def _step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         q, k, v = self._heads(x_t.unsqueeze(1))  # (B, H, 1, d)
         phi_q, phi_k = self.features(q, k, None)
-        prev = LinearAttentionState(state["S"].to(q.dtype), state["z"].to(q.dtype))
-        out, new = linear_attention_step(phi_q[:, :, 0], phi_k[:, :, 0], v[:, :, 0], prev, eps=self.eps)
+        S, z = state["S"].to(q.dtype), state["z"].to(q.dtype)
+        if self._running_max:
+            prev = RunningMaxState(S, z, state["M"].to(q.dtype))
+            out, new = running_max_attention_step(phi_q[:, :, 0], phi_k[:, :, 0], v[:, :, 0], prev, eps=self.eps)
+            M = new.M
+        else:
+            out, new = linear_attention_step(phi_q[:, :, 0], phi_k[:, :, 0], v[:, :, 0],
+                                             LinearAttentionState(S, z), eps=self.eps)
+            M = state["M"]
         y = self._merge(out.unsqueeze(2), x_t.dtype)[:, 0]
-        return y, {"S": new.S, "z": new.z}
+        return y, {"S": new.S, "z": new.z, "M": M}
 
     def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Run a prompt ``(B, N, D)`` in parallel (chunked) and return ``(outputs, state)``.
@@ -284,13 +340,13 @@ class Performer(RandomFeatureMixin, Mixer):
             return x * 0.0, state
         q, k, v = self._heads(x)
         phi_q, phi_k = self.features(q, k, mask)
-        out, final = causal_linear_attention(phi_q, phi_k, v, eps=self.eps, chunk_size=self.chunk_size,
-                                             return_state=True)
+        out, final = self._causal(phi_q, phi_k, v, return_state=True)
         y = self._merge(out, x.dtype)
         if mask is not None:
             y = y * mask.unsqueeze(-1).to(y.dtype)
-        return y, {"S": final.S, "z": final.z}
+        M = final.M if self._running_max else state["M"]
+        return y, {"S": final.S, "z": final.z, "M": M}
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, num_features={self.num_features}, kernel={self.kernel!r}, "
+        return (f"{super().extra_repr()}, num_features={self.num_features}, feature_map={self.feature_map!r}, "
                 f"feature_seed={self.feature_seed}, redraw_interval={self.redraw_interval}")

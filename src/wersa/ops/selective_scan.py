@@ -10,17 +10,23 @@ by the reference ``selective_scan_ref`` (not the exact ZOH of ``B``), kept for p
 ``g(d) = d // (Dm / G)`` maps a channel to one of ``G`` groups of ``B``/``C``
 (``G = 1`` is the original Mamba).
 
-:func:`selective_scan` runs the recurrence in chunks of ``chunk_size`` tokens. Inside a
-chunk, with ``S_t = sum_{s <= t} delta_s A`` (cumulative log-decay from the chunk start)::
+:func:`selective_scan` is a two-level (blocked) parallel scan. A block of tokens is cut
+into chunks of ``c`` tokens; the recurrence runs from a zero state inside every chunk at
+once (``c`` steps, each on all chunks), the chunk-end states are chained (one step per
+chunk), and each token adds its chunk's incoming state times ``exp(S_t)``, with
+``S_t = sum_{s <= t} delta_s A`` the cumulative log-decay from the chunk start::
 
-    h_t = exp(S_t) h_0 + sum_{s <= t} exp(S_t - S_s) delta_s B_s u_s
+    h_t = exp(S_t) h_0 + local_t,   local_t = decay_t * local_{t-1} + delta_t B_t u_t
 
-The differences ``S_t - S_s`` are formed *before* exponentiating and masked to
-``s <= t`` first, so nothing overflows (``exp(cumsum)`` followed by a division, the
-naive factorisation, under/overflows after a few hundred tokens). The state is
-carried across chunks, so memory is ``O(B * c^2 * Dm * N)`` per chunk instead of
-the ``(B, Dm, L, N)`` tensor the reference materialises. Everything runs in float32
-(float64 stays float64) and the output is cast back to the input dtype.
+Work is ``O(L Dm N)`` (the sequential loop's) in ``c + L / c`` vectorised steps instead
+of ``L``. Every factor is a product of decays ``<= 1``, so nothing overflows (the
+factorisation ``exp(S_t) * exp(-S_s)`` would, after a few hundred tokens). Mamba-2's
+SSD form, the intra-chunk work as one ``(c, c)`` matrix product, needs a decay shared by
+all state indices of a head; S6's ``A`` is ``(Dm, N)``, so its ``(c, c)`` weights would
+be one per ``(channel, state)`` pair, ``c`` times this form's work. Blocks of
+``block_size`` tokens run one after another carrying the state (with activation
+checkpointing per block when training), so memory is ``O(b * block * Dm * N)``.
+Everything runs in float32 (float64 stays float64) and the output is cast back.
 
 :func:`selective_scan_reference` is the token-by-token loop every fast path is
 tested against.
@@ -73,31 +79,64 @@ def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, out_dtype)
     return y.to(out_dtype)
 
 
-def _scan_chunk(h: Tensor, d_c: Tensor, u_c: Tensor, A: Tensor, B_c: Tensor, C_c: Tensor
+def _scan_block(h0: Tensor, d: Tensor, u: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int
                 ) -> tuple[Tensor, Tensor]:
-    """One chunk: carried state ``h (b, Dm, N)`` and ``(b, T, ...)`` inputs -> ``(y (b, T, Dm), h')``."""
-    T, Dm = d_c.shape[1], d_c.shape[2]
-    log_decay = d_c.unsqueeze(-1) * A  # (b, T, Dm, N), <= 0
-    cum = torch.cumsum(log_decay, dim=1)  # S_t
-    Bc = _expand_groups(B_c, Dm)
-    Cc = _expand_groups(C_c, Dm)
-    bu = (d_c * u_c).unsqueeze(-1) * Bc  # (b, T, Dm, N)
-    # Intra-chunk weights exp(S_t - S_s) for s <= t; masked before exp (no overflow).
-    seg = cum.unsqueeze(2) - cum.unsqueeze(1)  # (b, T[t], T[s], Dm, N)
-    causal = torch.ones(T, T, dtype=torch.bool, device=d_c.device).tril()
-    W = torch.exp(seg.masked_fill(~causal[None, :, :, None, None], float("-inf")))
-    y = torch.einsum("btdn,btsdn,bsdn->btd", Cc, W, bu)
-    y = y + torch.einsum("btdn,bdn->btd", Cc * torch.exp(cum), h)  # the carried state
-    last = cum[:, -1]  # (b, Dm, N)
-    h = torch.exp(last) * h + (torch.exp(last.unsqueeze(1) - cum) * bu).sum(1)
-    return y, h
+    """One block of ``T`` tokens from state ``h0 (b, Dm, N)``: ``(y (b, T, Dm), state after it)``.
+
+    Two levels. The block is cut into ``K`` chunks of ``c`` tokens; (1) the recurrence
+    runs from a zero state inside *every chunk at once* (``c`` steps on
+    ``(b, K, Dm, N)`` tensors); (2) the ``K`` chunk-end states are chained
+    (``K`` steps on ``(b, Dm, N)``); (3) each token adds its chunk's incoming state
+    times the decay since the chunk start, ``exp(cumsum(delta A))``. Every factor is
+    a product of decays ``<= 1``: nothing can overflow, and an underflow to 0 is the
+    true (negligible) value.
+    """
+    b, T, Dm = d.shape
+    N, G = A.shape[1], B.shape[2]
+    c = min(chunk_size, T)
+    pad = (-T) % c
+    if pad:  # zero steps: identity decay, no input (their outputs are dropped)
+        d, u, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (d, u, B, C))
+    K = (T + pad) // c
+    Eg = Dm // G
+    # Step-major (b, c, K, G, Dm / G, N) tensors, so step t of every chunk is one contiguous
+    # slice; the transposes act on the small (b, T, Dm) inputs, channels are split by group
+    # so B and C broadcast. unbind (not indexing) makes autograd stack the step gradients
+    # instead of scattering each into a zero tensor of full size.
+    step_major = lambda t: t.reshape(b, K, c, *t.shape[2:]).transpose(1, 2)  # noqa: E731
+    Ag = A.view(G, Eg, N)
+    dg = d.view(b, T + pad, G, Eg)
+    decays = torch.exp(step_major(dg).unsqueeze(-1) * Ag).unbind(1)  # c x (b, K, G, Eg, N), <= 1
+    inps = (step_major((d * u).view(b, T + pad, G, Eg)).unsqueeze(-1)
+            * step_major(B).unsqueeze(-2)).unbind(1)  # delta_t u_t B_t
+    Cs = step_major(C).unsqueeze(-2).unbind(1)  # c x (b, K, G, 1, N)
+    # (1) every chunk from a zero state, all chunks at once: the chunk-end local states
+    h = torch.zeros_like(inps[0])
+    for t in range(c):
+        h = decays[t] * h + inps[t]
+    ends = h.unbind(1)
+    chunk_decays = torch.exp(dg.view(b, K, c, G, Eg).sum(2).unsqueeze(-1) * Ag).unbind(1)
+    # (2) chain them: the state entering each chunk
+    h = h0.view(b, G, Eg, N)
+    entering = []
+    for k in range(K):
+        entering.append(h)
+        h = chunk_decays[k] * h + ends[k]
+    # (3) rerun every chunk from its entering state; y_t = C_t . h_t
+    s_t = torch.stack(entering, dim=1)  # (b, K, G, Eg, N)
+    ys = []
+    for t in range(c):
+        s_t = decays[t] * s_t + inps[t]
+        ys.append((s_t * Cs[t]).sum(-1))
+    y = torch.stack(ys, dim=2).reshape(b, K * c, Dm)[:, :T]  # (b, K, c, G, Eg) -> (b, T, Dm)
+    return y, h.reshape(b, Dm, N)
 
 
 def selective_scan(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Tensor | None = None, z: Tensor | None = None, *,
-    initial_state: Tensor | None = None, chunk_size: int = 16, return_state: bool = False,
-    checkpoint: bool = True,
+    initial_state: Tensor | None = None, chunk_size: int = 16, block_size: int = 256,
+    return_state: bool = False, checkpoint: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked parallel selective scan. Equals :func:`selective_scan_reference`.
 
@@ -107,18 +146,22 @@ def selective_scan(
         A: ``(Dm, N)`` (negative real); B, C: ``(b, L, G, N)``; D: ``(Dm,)`` skip;
         z: ``(b, L, Dm)`` gate (``y *= silu(z)``).
         initial_state: ``(b, Dm, N)`` state before the first token.
-        chunk_size: tokens per chunk ``c`` (time ``O(L c Dm N)``, memory ``O(b c^2 Dm N)``).
+        chunk_size: tokens per chunk ``c`` of the two-level scan (``c`` vectorised steps
+            inside the chunks, then one step per chunk; ``sqrt(block_size)`` is about optimal).
+        block_size: tokens per block; blocks run one after another carrying the state, so
+            the ``(b, block, Dm, N)`` intermediates bound the memory.
         return_state: also return the state after the last token (float32/64).
-        checkpoint: when gradients are needed, recompute each chunk in the backward
-            pass (``torch.utils.checkpoint``) so autograd keeps only the chunk inputs
-            and carried states, ``O(b L Dm + b (L / c) Dm N)``, instead of every
-            chunk's ``(b, c, c, Dm, N)`` weights.
+        checkpoint: when gradients are needed, recompute each block in the backward
+            pass (``torch.utils.checkpoint``) so autograd keeps only the block inputs
+            and carried states, ``O(b L Dm + b (L / block) Dm N)``, instead of every
+            block's ``(b, block, Dm, N)`` states.
     Returns:
         ``(b, L, Dm)`` in ``u.dtype`` (and the final ``(b, Dm, N)`` state).
     """
     b, L, Dm, N, G = _check(u, delta, A, B, C)
-    if chunk_size <= 0:
-        raise ValueError(f"selective_scan: chunk_size must be positive, got {chunk_size}")
+    for opt, val in (("chunk_size", chunk_size), ("block_size", block_size)):
+        if not isinstance(val, int) or val <= 0:
+            raise ValueError(f"selective_scan: {opt} must be a positive integer, got {val!r}")
     cd = _compute_dtype(u.dtype)
     uf, df, Af, Bf, Cf = (t.to(cd) for t in (u, delta, A, B, C))
     h = (torch.zeros(b, Dm, N, device=u.device, dtype=cd) if initial_state is None
@@ -126,13 +169,13 @@ def selective_scan(
     use_ckpt = checkpoint and torch.is_grad_enabled() and any(
         t.requires_grad for t in (u, delta, A, B, C, h))
     ys = []
-    for start in range(0, L, chunk_size):
-        end = min(start + chunk_size, L)
-        args = (h, df[:, start:end], uf[:, start:end], Af, Bf[:, start:end], Cf[:, start:end])
+    for start in range(0, L, block_size):
+        end = min(start + block_size, L)
+        args = (h, df[:, start:end], uf[:, start:end], Af, Bf[:, start:end], Cf[:, start:end], chunk_size)
         if use_ckpt:
-            y, h = torch.utils.checkpoint.checkpoint(_scan_chunk, *args, use_reentrant=False)
+            y, h = torch.utils.checkpoint.checkpoint(_scan_block, *args, use_reentrant=False)
         else:
-            y, h = _scan_chunk(*args)
+            y, h = _scan_block(*args)
         ys.append(y)
     y = torch.cat(ys, dim=1) if ys else uf * 0.0
     out = _finish(y, uf, D, z, u.dtype)
