@@ -224,7 +224,7 @@ def test_padded_steps_equal_masked_parallel(name):
 
 # Interior padding (a padded position between real tokens): the parallel pass must treat
 # it as step does (skipped), or the mixer must refuse such masks.
-INTERIOR_KNOWN_FAILING = {"mamba": "parallel pass and step disagree on interior padding (9e-2 in float64)"}
+INTERIOR_KNOWN_FAILING: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [

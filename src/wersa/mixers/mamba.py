@@ -34,10 +34,11 @@ and an SSM state ``(B, E, N)`` (float32); ``prefill`` runs the parallel scan and
 both. The mixer is causal only: ``causal=False`` raises (a bidirectional variant would
 be a second, reversed scan and is not provided).
 
-Padding (left or right): a padded token contributes nothing. Its conv input is zeroed
-(so the conv window of the first real token sees zeros, as at the start of an unpadded
-sequence) and its ``delta`` is 0, which makes its decay the identity and its
-``delta * B * u`` input zero: the state passes through it unchanged.
+Padding (any pattern: left, right, interior): the real tokens are first moved to the front
+in order (:mod:`wersa.ops.compaction`), so the causal conv sees exactly the unpadded
+sequence, as token-by-token decoding (which skips padded steps) does. The trailing pads then
+contribute nothing: their conv input is zeroed and their ``delta`` is 0, which makes their
+decay the identity and their ``delta * B * u`` input zero, so the state passes through them.
 
 Pitfalls of the reference and how this file avoids them: the scan runs in float32
 whatever the module dtype (fp16/bf16 decays underflow); ``exp(cumsum(delta A))``
@@ -55,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.compaction import compaction, gather_tokens
 from ..ops.selective_scan import selective_scan, selective_scan_step
 from .base import Capabilities, Mixer
 from .registry import register_mixer
@@ -162,6 +164,13 @@ class Mamba(Mixer):
     # ----------------------------------------------------------------- forward
     def _run(self, x: Tensor, mask: Tensor | None, return_state: bool):
         L = x.shape[1]
+        comp = None
+        if mask is not None:
+            # Real tokens to the front (in order), as stepping sees them: an interior pad
+            # must not occupy a tap of the causal conv. Only right padding remains.
+            comp = compaction(mask)
+            x = gather_tokens(x, comp.perm)
+            mask = torch.arange(L, device=x.device) < comp.lengths.unsqueeze(1)
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         if mask is not None:
             u = u * mask.unsqueeze(-1).to(u.dtype)  # padded tokens feed zeros to the conv
@@ -174,6 +183,8 @@ class Mamba(Mixer):
         y, h = selective_scan(uc, delta, self._A(), Bm, Cm, self.D, z,
                               chunk_size=self.chunk_size, return_state=True)
         out = self.out_proj(y)
+        if comp is not None:
+            out = gather_tokens(out, comp.inverse)
         if not return_state:
             return out
         return out, MambaState(self._last_conv_inputs(conv_in, mask), h)
