@@ -214,3 +214,16 @@ def test_estimated_kernel_temperature_follows_the_bandwidth():
     """At b = 0.5 the features estimate softmax(cos / 0.25), not softmax(cos)."""
     err_own, err_b1, _ = _kernel_errors(0.5, 4096)
     assert err_own < err_b1
+
+
+def test_checkpoint_with_0_1_0_random_feature_buffers_loads():
+    """0.1.0 saved WERSA's Omega as ``omega`` and a ``forward_count``; they load into the shared buffers."""
+    m = wersa.build_mixer("wersa", dim=32, num_heads=4, num_features=16)
+    state = m.state_dict()
+    old = {("omega" if k == "projection_matrix" else k): v for k, v in state.items()
+           if k not in ("redraws", "calls_since_redraw")}
+    old["forward_count"] = torch.tensor(7)
+    old["omega"] = torch.randn_like(old["omega"])
+    fresh = wersa.build_mixer("wersa", dim=32, num_heads=4, num_features=16, feature_seed=9)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.projection_matrix, old["omega"]) and int(fresh.redraws) == 0

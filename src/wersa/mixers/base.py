@@ -334,11 +334,15 @@ class Mixer(nn.Module):
             return type(new)(*items) if hasattr(new, "_fields") else type(new)(items)
         return new
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints written before a rename keep loading: map old key prefixes to new ones.
+    def _rename_legacy_keys(self, state_dict, prefix: str) -> None:
+        """Map the old key prefixes of ``renamed_parameters`` to the new ones (in place)."""
         for old, new in self.renamed_parameters.items():
             for key in [k for k in state_dict if k.startswith(prefix + old)]:
                 state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before a rename keep loading.
+        self._rename_legacy_keys(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

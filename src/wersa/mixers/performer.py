@@ -68,7 +68,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ops.feature_maps import orthogonal_random_matrix, relu_features, softmax_kernel_features
+from ..ops.feature_maps import relu_features, softmax_kernel_features
+from ..ops.heads import compute_dtype
 from ..ops.linear_attention import (
     causal_linear_attention,
     linear_attention,
@@ -82,17 +83,12 @@ from ..ops.running_max_attention import (
     running_max_init_state,
 )
 from .base import Capabilities, Mixer
+from .random_features import RandomFeatureMixin, check_random_feature_options
 from .registry import register_mixer
 
 KERNELS = ("softmax", "relu")  # the feature maps
 FEATURE_MAPS = KERNELS
 RELU_EPS = 1e-3  # added to ReLU features (as in the reference code) so no denominator is 0
-_REDRAW_SEED_STRIDE = 1_000_003
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Features and running sums of half-precision inputs are computed in float32."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def favor_features(
@@ -148,53 +144,9 @@ def favor_key_log_features(k: Tensor, omega: Tensor, key_mask: Tensor | None = N
     return log_phi
 
 
-class RandomFeatureMixin:
-    """A seeded ``(m, d)`` projection buffer with optional redraw in training mode.
-
-    Expects ``self.num_features``, ``self.head_dim``, ``self.feature_seed``,
-    ``self.redraw_interval`` to be set before :meth:`_init_features`.
-    """
-
-    projection_matrix: Tensor
-    redraws: Tensor
-    calls_since_redraw: Tensor
-
-    def _draw(self, index: int, device=None) -> Tensor:
-        g = torch.Generator(device="cpu")
-        g.manual_seed(self.feature_seed + _REDRAW_SEED_STRIDE * index)
-        return orthogonal_random_matrix(self.num_features, self.head_dim, scaling="gaussian",
-                                        generator=g, dtype=torch.float32).to(device)
-
-    def _init_features(self) -> None:
-        self.register_buffer("projection_matrix", self._draw(0))
-        self.register_buffer("redraws", torch.zeros((), dtype=torch.long))
-        self.register_buffer("calls_since_redraw", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def redraw_features(self) -> None:
-        """Replace the projection by the next draw of the seeded sequence."""
-        self.redraws += 1
-        w = self._draw(int(self.redraws), device=self.projection_matrix.device)
-        self.projection_matrix.copy_(w.to(self.projection_matrix.dtype))
-        self.calls_since_redraw.zero_()
-
-    def _maybe_redraw(self) -> None:
-        if self.redraw_interval is None or not self.training:
-            return
-        if int(self.calls_since_redraw) >= self.redraw_interval:
-            self.redraw_features()
-        self.calls_since_redraw += 1
-
-
 def _check_common(name: str, num_features: int, feature_seed: int, redraw_interval: int | None,
                   eps: float) -> None:
-    if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
-        raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
-    if not isinstance(feature_seed, int) or isinstance(feature_seed, bool) or feature_seed < 0:
-        raise ValueError(f"{name}: feature_seed must be a non-negative integer, got {feature_seed!r}")
-    if redraw_interval is not None and (
-            not isinstance(redraw_interval, int) or isinstance(redraw_interval, bool) or redraw_interval <= 0):
-        raise ValueError(f"{name}: redraw_interval must be None or a positive integer, got {redraw_interval!r}")
+    check_random_feature_options(name, num_features, feature_seed, redraw_interval)
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"{name}: eps must be a non-negative number, got {eps!r}")
 

@@ -57,7 +57,6 @@ from ..ops.depthwise_conv import depthwise_conv1d
 from ..ops.favor_attention import favor_attention, favor_attention_with_state
 from ..ops.feature_maps import (
     normalized_key_shift,
-    orthogonal_random_matrix,
     relu_features,
     softmax_kernel_features,
 )
@@ -71,6 +70,7 @@ from ..ops.linear_attention import (
 )
 from ..ops.softmax_attention import softmax_attention_reference
 from .base import Capabilities, Mixer
+from .random_features import RandomFeatureMixin, check_random_feature_options
 from .registry import register_mixer
 
 FEATURE_MAPS = ("softmax", "relu")
@@ -111,7 +111,7 @@ def _inverse_softplus(y: float) -> float:
 
 
 @register_mixer
-class WERSA(Mixer):
+class WERSA(RandomFeatureMixin, Mixer):
     """WERSA attention. ``(B, N, D) -> (B, N, D)``; causal, bidirectional, recurrent.
 
     Args:
@@ -143,7 +143,9 @@ class WERSA(Mixer):
     """
 
     renamed_options = {"fused": "recompute", "kernel_size": "conv_size"}
-    renamed_parameters = {"out.": "out_proj."}
+    renamed_parameters = {"out.": "out_proj.", "omega": "projection_matrix",
+                          "forward_count": "calls_since_redraw"}
+    per_head_features = True
 
     capabilities = Capabilities(
         name="wersa",
@@ -169,8 +171,7 @@ class WERSA(Mixer):
         super().__init__(dim, num_heads, causal)
         if not isinstance(levels, int) or levels < 0:
             raise ValueError(f"wersa: levels must be a non-negative integer, got {levels!r}")
-        if not isinstance(num_features, int) or num_features <= 0:
-            raise ValueError(f"wersa: num_features must be a positive integer, got {num_features!r}")
+        check_random_feature_options("wersa", num_features, feature_seed, redraw_interval)
         if feature_map in _MOVED_FEATURE_MAPS:
             raise ValueError(f"wersa: feature_map={feature_map!r} is no longer a mode of this mixer: "
                              f"{_MOVED_FEATURE_MAPS[feature_map]}")
@@ -186,8 +187,6 @@ class WERSA(Mixer):
             raise ValueError(f"wersa: min_bandwidth must be positive, got {min_bandwidth!r}")
         if not bandwidth > min_bandwidth:
             raise ValueError(f"wersa: bandwidth must exceed min_bandwidth={min_bandwidth}, got {bandwidth!r}")
-        if redraw_interval is not None and (not isinstance(redraw_interval, int) or redraw_interval <= 0):
-            raise ValueError(f"wersa: redraw_interval must be a positive integer or None, got {redraw_interval!r}")
         self.levels = levels
         self.num_features = num_features
         self.feature_map = feature_map
@@ -211,26 +210,12 @@ class WERSA(Mixer):
                 nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, levels + 1))
             self.scale_weights = nn.Parameter(torch.full((levels + 1,), 0.5))
         self.beta = nn.Parameter(torch.full((num_heads,), _inverse_softplus(bandwidth - min_bandwidth)))
-        self.register_buffer("omega", self._draw_features(), persistent=True)
-        self.register_buffer("forward_count", torch.zeros((), dtype=torch.long), persistent=True)
+        self._init_features()  # Omega: (H, m, d), one orthogonal matrix per head
 
-    # ------------------------------------------------------------ random features
-    def _draw_features(self, generation: int = 0) -> Tensor:
-        g = torch.Generator().manual_seed(int(self.feature_seed) * 1_000_003 + generation)
-        m, d, h = self.num_features, self.head_dim, self.num_heads
-        return torch.stack([orthogonal_random_matrix(m, d, generator=g) for _ in range(h)])  # (H, m, d)
-
-    @torch.no_grad()
-    def redraw_features(self) -> None:
-        """Draw a new ``Omega`` (deterministic given ``feature_seed`` and the redraw count)."""
-        generation = int(self.forward_count.item()) // (self.redraw_interval or 1)
-        self.omega.copy_(self._draw_features(generation).to(self.omega))
-
-    def _maybe_redraw(self) -> None:
-        if self.training and self.redraw_interval is not None:
-            if int(self.forward_count.item()) % self.redraw_interval == 0 and int(self.forward_count.item()) > 0:
-                self.redraw_features()
-            self.forward_count += 1
+    @property
+    def omega(self) -> Tensor:
+        """``Omega``, ``(H, m, d)``: the per-head projection shared by q and k."""
+        return self.projection_matrix
 
     @property
     def bandwidth(self) -> Tensor:

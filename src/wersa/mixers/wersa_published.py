@@ -36,6 +36,7 @@ from ..ops.feature_maps import gaussian_random_matrix, relu_features
 from ..ops.haar import haar_dwt, haar_idwt
 from ..ops.linear_attention import linear_attention
 from .base import Capabilities, Mixer
+from .random_features import feature_generator
 from .registry import register_mixer
 
 _BANDWIDTH_FLOOR = 0.1
@@ -98,7 +99,7 @@ class WERSAPublished(Mixer):
                                           nn.Linear(dim // 4 or 1, levels + 1))
             self.scale_weights = nn.Parameter(torch.full((levels + 1,), 0.5))
         self.beta = nn.Parameter(torch.zeros(()))
-        g = torch.Generator().manual_seed(int(feature_seed) * 1_000_003)
+        g = feature_generator(feature_seed)
         # [Omega_q, Omega_k], each (m, d), i.i.d. N(0, 1/d)
         self.register_buffer("omega", torch.stack(
             [gaussian_random_matrix(num_features, d, std=d ** -0.5, generator=g) for _ in range(2)]))
