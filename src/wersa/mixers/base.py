@@ -248,8 +248,18 @@ class Mixer(nn.Module):
         """
         self._require_recurrent()
         self._check_x(x_t, "x_t", rank=2)
+        self._check_state_batch(state, x_t.shape[0])
         mask = None
         if attention_mask is not None:
+            name = self.capabilities.name
+            if isinstance(attention_mask, Tensor):
+                if attention_mask.is_floating_point() or attention_mask.is_complex():
+                    raise TypeError(f"{name}: step's attention_mask must be bool (True = real token) or integer "
+                                    f"0/1, got {attention_mask.dtype} (a float mask could be additive, 0/-inf; "
+                                    f"convert with mask.bool() or mask == 0)")
+                if tuple(attention_mask.shape) != (x_t.shape[0],):
+                    raise ValueError(f"{name}: step's attention_mask must have shape (B,) = ({x_t.shape[0]},), "
+                                     f"got {tuple(attention_mask.shape)}")
             mask = self._check_mask(attention_mask.reshape(-1, 1) if isinstance(attention_mask, Tensor)
                                     else attention_mask, x_t.shape[0], 1, x_t.device)
             mask = None if mask is None else mask[:, 0]
@@ -258,6 +268,27 @@ class Mixer(nn.Module):
             new_state = self._select_state(mask, new_state, state)
             y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
         return y, new_state
+
+    def _check_state_batch(self, state: Any, batch: int) -> None:
+        """``state`` must hold ``batch`` sequences: every state tensor is batch-first, so a
+        state whose tensors all have another leading size belongs to another batch."""
+        sizes: set[int] = set()
+
+        def visit(obj: Any, depth: int) -> None:
+            if isinstance(obj, Tensor):
+                if obj.dim() >= 1:
+                    sizes.add(int(obj.shape[0]))
+            elif depth < 4:
+                items = (obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple))
+                         else vars(obj).values() if hasattr(obj, "__dict__") and not isinstance(obj, nn.Module)
+                         else ())
+                for item in items:
+                    visit(item, depth + 1)
+
+        visit(state, 0)
+        if sizes and batch not in sizes:
+            raise ValueError(f"{self.capabilities.name}: x_t holds {batch} sequences but the state holds "
+                             f"{min(sizes)}; build the state with init_state({batch}) or prefill this batch")
 
     def step_through(self, x: Tensor, state: Any = None,
                      attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:
