@@ -20,8 +20,6 @@ classes wait for ``modeling_auto``.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import sys
 import warnings
 
@@ -64,7 +62,7 @@ def _run(name: str) -> None:
                       f"`import wersa.models` registers them explicitly", RuntimeWarning, stacklevel=2)
 
 
-class _Loader(importlib.abc.Loader):
+class _Loader:  # duck-typed importlib Loader (importlib.abc costs an import at `import wersa`)
     """Runs the real loader, then the registration step for that module."""
 
     def __init__(self, loader: importlib.abc.Loader, name: str):
@@ -81,13 +79,15 @@ class _Loader(importlib.abc.Loader):
         _run(self.name)
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:  # duck-typed importlib MetaPathFinder
     def __init__(self) -> None:
         self.busy = False
 
     def find_spec(self, fullname, path, target=None):
         if fullname not in _STEPS or self.busy:
             return None
+        import importlib.util
+
         self.busy = True  # find the real spec with the other finders
         try:
             spec = importlib.util.find_spec(fullname)
