@@ -373,6 +373,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.task_factory:
         _check_tasks([args.task], flag="--task")
     cfg = TrainConfig.from_dict(cfg_fields)
+    if args.quiet and args.save:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     rec = run_training(cfg, save_params=args.save_params, progress=not args.quiet, save_dir=args.save)
     if int(os.environ.get("RANK", "0")) == 0:
         rec = {"status": "ok", "config": cfg.to_dict(), **rec}
@@ -456,6 +460,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --model {path} has no {BYTE_TOKENS_FILE} and a vocabulary of {config.vocab_size} "
                          f"tokens; generate decodes byte-level models only (257 tokens: byte + 1, 0 = padding)")
     offset, pad_id = int(meta["offset"]), int(meta["pad_id"])
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the generated text is the output
     model = WersaForCausalLM.from_pretrained(str(path)).eval()
     # There is no begin-of-text token: an empty prompt starts after a newline (not printed).
     context = args.prompt.encode("utf-8") or b"\n"
