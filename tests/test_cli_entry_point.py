@@ -32,14 +32,42 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,flag", CASES, ids=[" ".join(a) for a, _ in CASES])
-def test_bad_input_is_one_line_naming_the_flag(argv, flag, tmp_path):
+# One case per command goes through a real `python -m wersa` process (about 2 CPU-seconds each,
+# mostly importing torch); the rest call the same `main` in this process.
+THROUGH_ENTRY_POINT = {0, 3, 6, 8, 10, 11, 13, 16}
+
+
+def _check(rc, err: str, out: str, flag: str, folder) -> None:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc not in (0, None), (out, err)
+    assert len(lines) == 1 and "error" in lines[0] and flag in lines[0], err
+    assert "Traceback" not in err and out == ""
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md"]  # nothing written
+
+
+@pytest.mark.parametrize("argv,flag", [c for i, c in enumerate(CASES) if i in THROUGH_ENTRY_POINT],
+                         ids=[" ".join(a) for i, (a, _) in enumerate(CASES) if i in THROUGH_ENTRY_POINT])
+def test_bad_input_through_python_dash_m(argv, flag, tmp_path):
     (tmp_path / "README.md").write_text("# not results\n\nsome text\n")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     r = subprocess.run([sys.executable, "-m", "wersa", *argv], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300, env=env)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode != 0, (r.stdout, r.stderr)
-    assert len(lines) == 1 and "error" in lines[0] and flag in lines[0], r.stderr
-    assert "Traceback" not in r.stderr and r.stdout == ""
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]  # nothing written
+    _check(r.returncode, r.stderr, r.stdout, flag, tmp_path)
+
+
+@pytest.mark.parametrize("argv,flag", [c for i, c in enumerate(CASES) if i not in THROUGH_ENTRY_POINT],
+                         ids=[" ".join(a) for i, (a, _) in enumerate(CASES) if i not in THROUGH_ENTRY_POINT])
+def test_bad_input_in_process(argv, flag, tmp_path, monkeypatch, capsys):
+    from wersa.cli import main
+
+    (tmp_path / "README.md").write_text("# not results\n\nsome text\n")
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+        if isinstance(exc.code, str):  # SystemExit("error: ...") is printed by the interpreter on exit
+            rc = 1
+            print(exc.code, file=sys.stderr)
+    cap = capsys.readouterr()
+    _check(rc, cap.err, cap.out, flag, tmp_path)
