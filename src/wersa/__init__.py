@@ -17,9 +17,12 @@ Quick use::
     y = m(x)                      # (B, N, 256) -> (B, N, 256)
 """
 
+from . import _auto
 from .mixers import MIXERS, Capabilities, Mixer, build_mixer, capabilities, list_mixers, mixer_options, register_mixer
 
 __version__ = "0.1.0"
+
+_auto.install()  # AutoConfig / AutoModelForCausalLM know "wersa" once transformers loads them
 
 __all__ = [
     "Capabilities",

@@ -254,9 +254,35 @@ def _batches(task, cfg: TrainConfig, consumed: int = 0) -> _Batches:
     return _Batches(task, cfg, consumed)
 
 
+# -------------------------------------------------------------------- saving
+BYTE_TOKENS_FILE = "byte_tokens.json"
+
+
+def save_model_folder(model: torch.nn.Module, info, path: str) -> None:
+    """``model.save_pretrained(path)``, plus :data:`BYTE_TOKENS_FILE` for byte-level text tasks.
+
+    That file records the byte convention of the tasks (token id = byte + ``offset``,
+    ``pad_id`` is padding) so that ``wersa generate`` can encode a prompt and decode
+    the output without the task.
+    """
+    import json
+
+    model.save_pretrained(path)
+    if getattr(info, "bytes_per_token", None) == 1.0:
+        meta = {"encoding": "utf-8 bytes", "offset": int(info.pad_id) + 1, "pad_id": int(info.pad_id),
+                "vocab_size": int(info.vocab_size), "task": info.name, "kind": info.kind}
+        with open(os.path.join(path, BYTE_TOKENS_FILE), "w") as f:
+            json.dump(meta, f, indent=1)
+
+
 # -------------------------------------------------------------------- train
-def run_training(cfg: TrainConfig, save_params: str | None = None, progress: bool = True) -> dict[str, Any]:
+def run_training(cfg: TrainConfig, save_params: str | None = None, progress: bool = True,
+                 save_dir: str | None = None) -> dict[str, Any]:
     """Train and evaluate one model; returns the metrics record (on every rank; rank 0's is authoritative).
+
+    ``save_params`` writes the final state dict to one file; ``save_dir`` writes a
+    ``save_pretrained`` folder (see :func:`save_model_folder`) that
+    ``AutoModelForCausalLM.from_pretrained`` and ``wersa generate`` load.
 
     Record fields: ``accuracy``/``auc`` or ``eval_loss``/``bpb``; ``train_time_s``
     (training loop wall time, data included), ``step_time_s`` (median compute time
@@ -283,6 +309,9 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
     seed_everything(cfg.seed)  # same initial weights on every rank
     model = adapters.build_model(info, cfg.mixer, cfg.mixer_options, cfg.length, cfg.model, cfg.model_factory)
     model.to(device)
+    if save_dir and not hasattr(model, "save_pretrained"):
+        raise ValueError(f"--save needs a Hugging Face model; {cfg.model_factory or type(model).__name__} has no "
+                         f"save_pretrained (use --save-params FILE)")
     params = sum(p.numel() for p in model.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.dim() >= 2]
@@ -442,6 +471,8 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
             record.update(flops_forward=fwd, flops_train_step=step, flops_time_s=time.perf_counter() - t0)
         if save_params:
             atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, save_params)
+        if save_dir:
+            save_model_folder(model, info, save_dir)
     record["env"] = environment(device)
     dist.barrier()
     dist.close()

@@ -192,6 +192,10 @@ class Mixer(nn.Module):
         name = self.capabilities.name
         if not isinstance(mask, Tensor):
             raise TypeError(f"{name}: attention_mask must be a torch.Tensor, got {type(mask).__name__}")
+        if mask.is_floating_point() or mask.is_complex():
+            raise TypeError(f"{name}: step's attention_mask must be bool (True = real token) or integer "
+                            f"0/1, got {mask.dtype} (a float mask could be additive, 0/-inf; "
+                            f"convert with mask.bool() or mask == 0)")
         if mask.numel() != batch or mask.dim() > 2 or (mask.dim() == 2 and mask.shape[1] != 1):
             raise ValueError(f"{name}: a step's attention_mask must have shape (B,) = ({batch},), "
                              f"got {tuple(mask.shape)}")
@@ -276,6 +280,7 @@ class Mixer(nn.Module):
         # step checks shapes, dtypes and devices only; forward, prefill and step_through
         # scan their whole input once.
         self._check_x(x_t, "x_t", rank=2, scan=False)
+        self._check_state_batch(state, x_t.shape[0])
         mask = None
         if attention_mask is not None:
             mask = self._check_step_mask(attention_mask, x_t.shape[0], x_t.device)
@@ -284,6 +289,27 @@ class Mixer(nn.Module):
             new_state = self._select_state(mask, new_state, state)
             y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
         return y, new_state
+
+    def _check_state_batch(self, state: Any, batch: int) -> None:
+        """``state`` must hold ``batch`` sequences: every state tensor is batch-first, so a
+        state whose tensors all have another leading size belongs to another batch."""
+        sizes: set[int] = set()
+
+        def visit(obj: Any, depth: int) -> None:
+            if isinstance(obj, Tensor):
+                if obj.dim() >= 1:
+                    sizes.add(int(obj.shape[0]))
+            elif depth < 4:
+                items = (obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple))
+                         else vars(obj).values() if hasattr(obj, "__dict__") and not isinstance(obj, nn.Module)
+                         else ())
+                for item in items:
+                    visit(item, depth + 1)
+
+        visit(state, 0)
+        if sizes and batch not in sizes:
+            raise ValueError(f"{self.capabilities.name}: x_t holds {batch} sequences but the state holds "
+                             f"{min(sizes)}; build the state with init_state({batch}) or prefill this batch")
 
     def step_through(self, x: Tensor, state: Any = None,
                      attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:

@@ -1,7 +1,10 @@
 """Hugging Face models built from any registered mixer.
 
-Importing this package registers ``model_type = "wersa"`` with ``AutoConfig``,
-``AutoModel``, ``AutoModelForSequenceClassification`` and ``AutoModelForCausalLM``.
+``import wersa`` registers ``model_type = "wersa"`` with ``AutoConfig``, ``AutoModel``,
+``AutoModelForSequenceClassification`` and ``AutoModelForCausalLM`` (lazily, when
+transformers' Auto classes are first imported; see :mod:`wersa._auto`), so a saved
+model reloads in a new process with ``import wersa`` and
+``AutoModelForCausalLM.from_pretrained(folder)``.
 
 Quick use::
 
@@ -12,35 +15,39 @@ Quick use::
     lm.generate(prompt_ids, max_new_tokens=32)     # decodes from the mixers' states
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-)
+import importlib
+from typing import Any
 
-from .cache import WersaCache
 from .configuration import WersaConfig
-from .modeling import (
-    WersaBlock,
-    WersaForCausalLM,
-    WersaForSequenceClassification,
-    WersaModel,
-    WersaPreTrainedModel,
-)
+
+# The model classes import transformers' modelling code (seconds): loaded on first use.
+_LAZY = {
+    "WersaCache": ".cache",
+    "WersaBlock": ".modeling",
+    "WersaForCausalLM": ".modeling",
+    "WersaForSequenceClassification": ".modeling",
+    "WersaModel": ".modeling",
+    "WersaPreTrainedModel": ".modeling",
+}
 
 
-def _register() -> None:
-    # exist_ok: re-importing (reloads, several test sessions) must not fail.
-    AutoConfig.register("wersa", WersaConfig, exist_ok=True)
-    AutoModel.register(WersaConfig, WersaModel, exist_ok=True)
-    AutoModelForSequenceClassification.register(WersaConfig, WersaForSequenceClassification, exist_ok=True)
-    AutoModelForCausalLM.register(WersaConfig, WersaForCausalLM, exist_ok=True)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_register()
+def register_auto_classes() -> None:
+    """Register with the transformers Auto classes now (``import wersa`` already arranges it lazily)."""
+    from .._auto import register_models
+
+    register_models()
+
 
 __all__ = [
+    "register_auto_classes",
     "WersaBlock",
     "WersaCache",
     "WersaConfig",
