@@ -196,7 +196,7 @@ class Mixer(nn.Module):
             raise TypeError(f"{name}: step's attention_mask must be bool (True = real token) or integer "
                             f"0/1, got {mask.dtype} (a float mask could be additive, 0/-inf; "
                             f"convert with mask.bool() or mask == 0)")
-        if mask.numel() != batch or mask.dim() > 2 or (mask.dim() == 2 and mask.shape[1] != 1):
+        if tuple(mask.shape) != (batch,):
             raise ValueError(f"{name}: a step's attention_mask must have shape (B,) = ({batch},), "
                              f"got {tuple(mask.shape)}")
         if mask.device != device:
