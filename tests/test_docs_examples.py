@@ -34,3 +34,12 @@ def test_guide_example_passes_as_a_plugin():
     # Both files ran: the example's own tests, and the matrix on the registered plug-in.
     assert sum("test_my_mixer.py::" in line for line in passed) >= 10, log
     assert sum("test_matrix.py::" in line and "linear_transformer" in line for line in passed) >= 15, log
+
+
+def test_guide_shows_the_tested_code():
+    """The mixer printed in the guide is the file the test above runs."""
+    guide = (ROOT / "docs" / "adding-a-mixer.md").read_text()
+    marker = "<!-- my_mixer.py: kept identical to docs/examples/my_mixer.py by tests/test_docs_examples.py -->\n```python\n"
+    assert marker in guide
+    shown = guide.split(marker, 1)[1].split("\n```\n", 1)[0] + "\n"
+    assert shown == (EXAMPLES / "my_mixer.py").read_text()
