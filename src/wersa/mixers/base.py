@@ -335,9 +335,28 @@ class Mixer(nn.Module):
     def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:
         """Run a prompt ``(B, N, D)`` and return ``(outputs (B, N, D), state)``.
 
-        The default steps through the tokens; mixers override it with a parallel form.
+        The outputs equal ``forward``'s, and stepping on from the state equals running the
+        longer sequence; padded positions give zero outputs and are skipped, as by ``step``.
+        Checks the input here, then runs :meth:`_parallel_prefill` where a mixer has one,
+        else steps through the tokens.
         """
-        return self.step_through(x, attention_mask=attention_mask)
+        self._require_recurrent()
+        self._check_x(x)
+        b, n, _ = x.shape
+        mask = self._check_mask(attention_mask, b, n, x.device)
+        if n == 0:
+            return x * 0.0, self.init_state(b, x.device, x.dtype)
+        if type(self)._parallel_prefill is Mixer._parallel_prefill:
+            return self.step_through(x, attention_mask=mask)
+        y, state = self._parallel_prefill(x, mask)
+        if mask is not None:
+            y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
+        return y, state
+
+    def _parallel_prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Any]:
+        """Parallel form of :meth:`prefill` on checked input (``N > 0``; ``mask`` as in
+        ``_forward``). Mixers with a parallel prompt pass override this."""
+        raise NotImplementedError
 
     def _init_state(self, batch_size: int, device, dtype) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

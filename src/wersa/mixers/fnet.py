@@ -62,15 +62,8 @@ class FNetMixer(Mixer):
     """
 
     capabilities = Capabilities(
-        name="fnet",
-        causal=False,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=False,
-        constant_state=False,
-        linear_time=True,
-        max_len=None,
+        name="fnet", causal=False, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=False, constant_state=False, linear_time=True,
         summary="FNet: Re(fft2) over sequence and hidden, no parameters, bidirectional only",
         reference="Lee-Thorp et al., FNet: Mixing Tokens with Fourier Transforms, arXiv 2105.03824",
     )

@@ -267,13 +267,8 @@ class HyperAttention(Mixer):
     """HyperAttention with its own q/k/v/out projections: ``(B, N, D) -> (B, N, D)``."""
 
     capabilities = Capabilities(
-        name="hyper",
-        causal=True,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=False,
-        linear_time=True,
+        name="hyper", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=False, linear_time=True,
         summary="HyperAttention: sortLSH block attention + uniformly sampled keys, LSE-merged; "
                 "O(n log n) (not strictly linear), exact below min_seq_len; causal by recursive halving",
         reference="Han et al., HyperAttention: Long-context Attention in Near-Linear Time, "

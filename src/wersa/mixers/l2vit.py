@@ -141,14 +141,8 @@ class L2ViTAttention(Mixer):
     """
 
     capabilities = Capabilities(
-        name="l2vit",
-        causal=True,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=True,
-        constant_state=True,
-        linear_time=True,
+        name="l2vit", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=True, constant_state=True, linear_time=True,
         summary="L2ViT ReLU linear attention (clamped denominator) + depthwise-conv local concentration "
                 "(BatchNorm; LayerNorm when causal)",
         reference="Zheng, The Linear Attention Resurrection in Vision Transformer, arXiv 2501.16182",

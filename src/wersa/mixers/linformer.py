@@ -79,15 +79,8 @@ class LinformerAttention(Mixer):
     """
 
     capabilities = Capabilities(
-        name="linformer",
-        causal=False,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=False,
-        constant_state=False,
-        linear_time=True,
-        max_len=4096,
+        name="linformer", causal=False, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=False, constant_state=False, linear_time=True, max_len=4096,
         summary="Linformer: softmax attention over keys/values projected along the sequence to k rows "
                 "(fixed max_len, bidirectional only)",
         reference="Wang et al., Linformer: Self-Attention with Linear Complexity, arXiv 2006.04768",

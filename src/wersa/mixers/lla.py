@@ -141,14 +141,8 @@ class LocalLinearAttention(Mixer):
     renamed_parameters = {"out.": "out_proj."}
 
     capabilities = Capabilities(
-        name="lla",
-        causal=True,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=True,
-        constant_state=False,
-        linear_time=False,
+        name="lla", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=True, constant_state=False, linear_time=False,
         summary="local linear attention: per-query weighted linear regression (ridge solve); "
                 "quadratic, costlier than softmax attention; KV-cache decoding",
         reference="Zuo et al., Local Linear Attention: An Optimal Interpolation of Linear and "

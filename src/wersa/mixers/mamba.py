@@ -77,14 +77,8 @@ class Mamba(Mixer):
     renamed_options = {"d_conv": "conv_size"}
 
     capabilities = Capabilities(
-        name="mamba",
-        causal=True,
-        bidirectional=False,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=True,
-        constant_state=True,
-        linear_time=True,
+        name="mamba", causal=True, bidirectional=False, attention_mask=True, left_padding=True,
+        recurrent=True, constant_state=True, linear_time=True,
         summary="selective state-space model (S6, the paper's block): input-dependent delta, B, C; "
                 "causal conv + two-level parallel scan; causal only",
         reference="Gu & Dao, Mamba: Linear-Time Sequence Modeling with Selective State Spaces, "
@@ -209,18 +203,9 @@ class Mamba(Mixer):
         return self._run(x, mask, return_state=False)
 
     # --------------------------------------------------------------- recurrent
-    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, MambaState]:
+    def _parallel_prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, MambaState]:
         """Parallel scan over a prompt ``(B, L, D)``: ``(outputs (B, L, D), state)``."""
-        self._require_recurrent()
-        self._check_x(x)
-        Bsz, L, _ = x.shape
-        mask = self._check_mask(attention_mask, Bsz, L, x.device)
-        if L == 0:
-            return x * 0.0, self.init_state(Bsz, x.device, x.dtype)
-        y, state = self._run(x, mask, return_state=True)
-        if mask is not None:
-            y = y * mask.unsqueeze(-1).to(y.dtype)
-        return y, state
+        return self._run(x, mask, return_state=True)
 
     def _init_state(self, batch_size: int, device, dtype) -> MambaState:
         sd = torch.float64 if dtype == torch.float64 else torch.float32

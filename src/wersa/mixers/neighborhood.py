@@ -161,14 +161,8 @@ class NeighborhoodAttention(Mixer):
     """
 
     capabilities = Capabilities(
-        name="neighborhood",
-        causal=True,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=True,
-        constant_state=True,
-        linear_time=True,
+        name="neighborhood", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=True, constant_state=True, linear_time=True,
         summary="neighbourhood attention: softmax over a shifted sliding window of k keys (1-D/2-D)",
         reference="Hassani et al., Faster Neighborhood Attention, NeurIPS 2024, arXiv 2403.04690",
     )

@@ -172,8 +172,8 @@ class Performer(RandomFeatureMixin, Mixer):
     renamed_parameters = {"to_out.": "out_proj."}
 
     capabilities = Capabilities(
-        name="performer", causal=True, bidirectional=True, attention_mask=True,
-        recurrent=True, left_padding=True, constant_state=True, linear_time=True,
+        name="performer", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=True, constant_state=True, linear_time=True,
         summary="FAVOR+ positive orthogonal random features (softmax or ReLU feature map)",
         reference="Choromanski et al., Rethinking Attention with Performers, arXiv 2009.14794",
     )
@@ -277,27 +277,13 @@ class Performer(RandomFeatureMixin, Mixer):
         y = self._merge(out.unsqueeze(2), x_t.dtype)[:, 0]
         return y, {"S": new.S, "z": new.z, "M": M}
 
-    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Run a prompt ``(B, N, D)`` in parallel (chunked) and return ``(outputs, state)``.
-
-        Padded positions (``attention_mask`` False, left or right) are left out of
-        the state and give zero outputs, as if skipped by :meth:`step`.
-        """
-        self._require_recurrent()
-        self._check_x(x)
-        b, n, _ = x.shape
-        mask = self._check_mask(attention_mask, b, n, x.device)
-        state = self.init_state(b, x.device, x.dtype)
-        if n == 0:
-            return x * 0.0, state
+    def _parallel_prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Chunked causal pass; padded keys (left or right) are left out of the state."""
         q, k, v = self._heads(x)
         phi_q, phi_k = self.features(q, k, mask)
         out, final = self._causal(phi_q, phi_k, v, return_state=True)
-        y = self._merge(out, x.dtype)
-        if mask is not None:
-            y = y * mask.unsqueeze(-1).to(y.dtype)
-        M = final.M if self._running_max else state["M"]
-        return y, {"S": final.S, "z": final.z, "M": M}
+        M = final.M if self._running_max else self.init_state(x.shape[0], x.device, x.dtype)["M"]
+        return self._merge(out, x.dtype), {"S": final.S, "z": final.z, "M": M}
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_features={self.num_features}, feature_map={self.feature_map!r}, "

@@ -37,14 +37,8 @@ class SDPA(Mixer):
     """
 
     capabilities = Capabilities(
-        name="sdpa",
-        causal=True,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=True,
-        constant_state=False,
-        linear_time=False,
+        name="sdpa", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=True, constant_state=False, linear_time=False,
         summary="exact softmax attention, fused kernel (FlashAttention-2 on GPU)",
         reference="Vaswani et al. 2017; Dao, FlashAttention-2, arXiv 2307.08691",
     )
@@ -108,17 +102,8 @@ class SDPA(Mixer):
         valid[:, -1] = keep
         return {"k": new["k"], "v": new["v"], "valid": valid}
 
-    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def _parallel_prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         """Parallel causal pass over a prompt; returns outputs and the filled KV cache."""
-        self._require_recurrent()
-        self._check_x(x)
-        b, n, _ = x.shape
-        mask = self._check_mask(attention_mask, b, n, x.device)
-        if n == 0:
-            return x * 0.0, self.init_state(b, x.device, x.dtype)
         q, k, v = self._split(x)
-        y = self._merge(self._attend(q, k, v, mask))
-        valid = torch.ones(b, n, dtype=torch.bool, device=x.device) if mask is None else mask
-        if mask is not None:
-            y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
-        return y, {"k": k, "v": v, "valid": valid}
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask
+        return self._merge(self._attend(q, k, v, mask)), {"k": k, "v": v, "valid": valid}

@@ -72,15 +72,8 @@ class SoftmaxAttention(Mixer):
     """
 
     capabilities = Capabilities(
-        name="softmax",
-        causal=True,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=True,
-        constant_state=False,
-        linear_time=False,
-        max_len=None,
+        name="softmax", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=True, constant_state=False, linear_time=False,
         summary="exact multi-head softmax attention materialising the N x N scores (MHA)",
         reference="Vaswani et al., Attention Is All You Need, arXiv 1706.03762",
     )
@@ -168,25 +161,12 @@ class SoftmaxAttention(Mixer):
         valid[:, -1] = valid[:, -1] & keep
         return {"k": new["k"], "v": new["v"], "valid": valid}
 
-    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Run a prompt ``(B, N, D)`` in one parallel causal pass.
-
-        Returns ``(outputs (B, N, D), cache)``; the outputs equal ``forward`` and
-        stepping on from the cache equals running the longer sequence.
-        """
-        self._require_recurrent()
-        self._check_x(x)
-        batch, n, _ = x.shape
-        mask = self._check_mask(attention_mask, batch, n, x.device)
+    def _parallel_prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """One parallel causal pass over a prompt; returns outputs and the KV cache."""
         q, k, v = self._qkv(x)
-        valid = mask if mask is not None else torch.ones(batch, n, dtype=torch.bool, device=x.device)
-        state = {"k": k, "v": v, "valid": valid}
-        if n == 0:
-            return x * 0.0, state
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask
         y = self.out_proj(self._attend(q, k, v, causal=True, key_mask=mask))
-        if mask is not None:
-            y = y * mask.unsqueeze(-1).to(y.dtype)
-        return y, state
+        return y, {"k": k, "v": v, "valid": valid}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dropout={self.dropout_p}, qkv_bias={self.qkv_bias}, out_bias={self.out_bias}"

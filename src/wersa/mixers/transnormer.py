@@ -189,14 +189,8 @@ class TransNormer(Mixer):
     """
 
     capabilities = Capabilities(
-        name="transnormer",
-        causal=True,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=True,
-        constant_state=True,
-        linear_time=True,
+        name="transnormer", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=True, constant_state=True, linear_time=True,
         summary="TransNormer NormAttention (linear, output RMS norm) / DiagAttention (block-local)",
         reference="Qin et al., The Devil in Linear Transformer, EMNLP 2022, arXiv 2210.10340",
     )
@@ -295,24 +289,15 @@ class TransNormer(Mixer):
         o = torch.einsum("bhw,bhwd->bhd", weights, vb)
         return self._output(o.unsqueeze(2))[:, 0], {"k": kb, "v": vb, "pos": state["pos"] + 1}
 
-    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:
-        """Parallel prompt pass for Norm (chunked prefix sums); Diag steps token by token."""
+    def _parallel_prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Any]:
+        """Norm: chunked prefix sums. Diag (a rolling window) steps token by token."""
         if self.attention == "diag":
-            return super().prefill(x, attention_mask)
-        self._require_recurrent()
-        self._check_x(x)
-        B, N, _ = x.shape
-        mask = self._check_mask(attention_mask, B, N, x.device)
-        if N == 0:
-            return x * 0.0, self.init_state(B, x.device, x.dtype)
+            return self.step_through(x, attention_mask=mask)
         q, k, v = self._heads(x)
         fq, fk = norm_feature_map(q, self.variant), norm_feature_map(k, self.variant)
         o, st = causal_linear_attention(fq, fk, v, key_mask=mask, normalize=False,
                                         chunk_size=self.chunk_size, return_state=True)
-        y = self._output(o)
-        if mask is not None:
-            y = y * mask.unsqueeze(-1).to(y.dtype)
-        return y, {"S": st.S, "z": st.z}
+        return self._output(o), {"S": st.S, "z": st.z}
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, attention={self.attention!r}, variant={self.variant!r}, "

@@ -126,8 +126,8 @@ class Waveformer(Mixer):
     """
 
     capabilities = Capabilities(
-        name="waveformer", causal=False, bidirectional=True, attention_mask=True,
-        recurrent=False, left_padding=True, linear_time=True,
+        name="waveformer", causal=False, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=False, linear_time=True,
         summary="WavSpA: db2 wavelet transform, a separate random-feature (or exact) attention per band, "
                 "inverse transform",
         reference="Zhuang et al., WavSpA (Waveformer), arXiv 2210.01989",

@@ -148,14 +148,8 @@ class WERSA(RandomFeatureMixin, Mixer):
     per_head_features = True
 
     capabilities = Capabilities(
-        name="wersa",
-        causal=True,
-        bidirectional=True,
-        attention_mask=True,
-        left_padding=True,
-        recurrent=True,
-        constant_state=True,
-        linear_time=True,
+        name="wersa", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
+        recurrent=True, constant_state=True, linear_time=True,
         summary="Haar-wavelet gated q/k + shared-matrix random-feature linear attention",
         reference="Dentamaro, arXiv 2507.08637 (2025)",
     )

@@ -62,10 +62,7 @@ class WERSAPublished(Mixer):
     """
 
     capabilities = Capabilities(
-        name="wersa_published",
-        causal=False,
-        bidirectional=True,
-        attention_mask=False,
+        name="wersa_published", causal=False, bidirectional=True, attention_mask=False,
         linear_time=True,
         summary="the published WERSA code (band-gated Haar DWT, ReLU features with two matrices), for comparison",
         reference="Dentamaro, arXiv 2507.08637 (2025); public code in mrinaldi97/matformer",
