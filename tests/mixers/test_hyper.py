@@ -97,7 +97,7 @@ def test_below_min_seq_len_equals_exact_mixer_math(causal):
     m = build(causal).double().eval()
     x = torch.randn(2, 37, 32, dtype=torch.float64)
     q, k, v = m.qkv(x).reshape(2, 37, 3, 2, 16).permute(2, 0, 3, 1, 4)
-    ref = m.out(exact(q, k, v, causal=causal).transpose(1, 2).reshape(2, 37, 32))
+    ref = m.out_proj(exact(q, k, v, causal=causal).transpose(1, 2).reshape(2, 37, 32))
     assert torch.allclose(m(x), ref, atol=1e-12)
 
 
@@ -214,7 +214,7 @@ def test_capabilities_report_the_quadratic_regime(causal):
     # the regime named is the one that runs: exact attention equals the reference below it
     x = torch.randn(1, 99, 32)
     q, k, v = m.qkv(x).reshape(1, 99, 3, 2, 16).permute(2, 0, 3, 1, 4)
-    ref = m.out(exact(q, k, v, causal=causal).transpose(1, 2).reshape(1, 99, 32))
+    ref = m.out_proj(exact(q, k, v, causal=causal).transpose(1, 2).reshape(1, 99, 32))
     torch.testing.assert_close(m(x), ref)
 
 
@@ -222,3 +222,18 @@ def test_block_size_is_now_window_size():
     with pytest.warns(FutureWarning, match="window_size"):
         m = wersa.build_mixer("hyper", dim=32, num_heads=2, block_size=16)
     assert m.window_size == 16
+
+
+def test_0_1_0_names_load():
+    """0.1.0: one ``bias`` flag and the output projection named ``out``."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = wersa.build_mixer("hyper", dim=16, num_heads=2, bias=False)
+    assert any("'bias' is now called" in str(w.message) for w in caught)
+    assert old.qkv.bias is None and old.out_proj.bias is None
+    state = {k.replace("out_proj.", "out."): v for k, v in old.state_dict().items()}
+    new = wersa.build_mixer("hyper", dim=16, num_heads=2, qkv_bias=False, out_bias=False)
+    new.load_state_dict(state)
+    assert torch.equal(new.out_proj.weight, old.out_proj.weight)

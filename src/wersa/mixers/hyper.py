@@ -275,7 +275,8 @@ class HyperAttention(Mixer):
                   "ICLR 2024, arXiv 2310.05869",
     )
 
-    renamed_options = {"block_size": "window_size"}
+    renamed_options = {"block_size": "window_size", "bias": ("qkv_bias", "out_bias")}
+    renamed_parameters = {"out.": "out_proj."}
 
     @classmethod
     def capabilities_for(cls, causal: bool = False, **options) -> Capabilities:
@@ -292,7 +293,7 @@ class HyperAttention(Mixer):
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
         lsh_num_projs: int = 7, window_size: int = 256, sample_size: int = 256,
-        min_seq_len: int = 4096, seed: int = 0, bias: bool = True,
+        min_seq_len: int = 4096, seed: int = 0, qkv_bias: bool = True, out_bias: bool = True,
     ):
         super().__init__(dim, num_heads, causal)
         name = self.capabilities.name
@@ -307,8 +308,8 @@ class HyperAttention(Mixer):
         self.lsh_num_projs, self.window_size, self.sample_size = lsh_num_projs, window_size, sample_size
         self.min_seq_len, self.seed = min_seq_len, seed
         self.capabilities = type(self).capabilities_for(causal=causal, min_seq_len=min_seq_len)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.out = nn.Linear(dim, dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("lsh_proj", torch.randn(self.head_dim, lsh_num_projs, generator=gen))
         self.register_buffer("gray_rank", gray_rank_table(lsh_num_projs), persistent=False)
@@ -374,7 +375,7 @@ class HyperAttention(Mixer):
                 sel = [t[row:row + 1, :, idx] for t in (q, k, v)]
                 y[row:row + 1, :, idx] = self.attention(*sel)
         y = y.to(dtype).transpose(1, 2).reshape(Bsz, n, self.dim)
-        return self.out(y)
+        return self.out_proj(y)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, lsh_num_projs={self.lsh_num_projs}, window_size={self.window_size}, "

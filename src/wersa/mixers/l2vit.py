@@ -65,7 +65,7 @@ form takes no padding mask.
 Options: ``clamp_min`` (100 bidirectional, 1e-6 causal), ``lcm=True``, ``conv_size=7``
 (odd when bidirectional), ``lcm_norm`` (``"batch"`` bidirectional, ``"layer"`` causal),
 ``lcm_input="stream"``, ``image_size=None``, ``chunk_size=64`` (causal prefix sums;
-speed only), ``bias=True``.
+speed only), ``qkv_bias=True`` and ``out_bias=True``.
 Cost: attention ``O(N H d^2)``; LCM ``O(N D k)`` (``O(N D k^2)`` in 2-D).
 """
 
@@ -137,7 +137,7 @@ class L2ViTAttention(Mixer):
         lcm_input: ``"stream"`` (LCM on ``LN(u + a)``, default) or ``"attention"`` (on ``LN(a)``).
         image_size: ``(H, W)`` for a 2-D input ``(B, H*W, D)`` (2-D convolutions).
         chunk_size: chunk length of the causal prefix sums (speed only).
-        bias: bias of the q/k/v/out projections.
+        qkv_bias, out_bias: biases of the q/k/v and output projections.
     """
 
     capabilities = Capabilities(
@@ -147,7 +147,7 @@ class L2ViTAttention(Mixer):
                 "(BatchNorm; LayerNorm when causal)",
         reference="Zheng, The Linear Attention Resurrection in Vision Transformer, arXiv 2501.16182",
     )
-    renamed_options = {"lcm_kernel_size": "conv_size"}
+    renamed_options = {"lcm_kernel_size": "conv_size", "bias": ("qkv_bias", "out_bias")}
     renamed_parameters = {"proj.": "out_proj."}
 
     @classmethod
@@ -162,7 +162,8 @@ class L2ViTAttention(Mixer):
         self, dim: int, num_heads: int, causal: bool = False, *,
         clamp_min: float | None = None, lcm: bool = True, conv_size: int = 7,
         lcm_norm: str | None = None, lcm_input: str = "stream",
-        image_size: tuple[int, int] | None = None, chunk_size: int = 64, bias: bool = True,
+        image_size: tuple[int, int] | None = None, chunk_size: int = 64,
+        qkv_bias: bool = True, out_bias: bool = True,
     ):
         super().__init__(dim, num_heads, causal)
         if clamp_min is None:
@@ -198,8 +199,8 @@ class L2ViTAttention(Mixer):
         self.lcm_norm, self.lcm_input = lcm_norm, lcm_input
         self.image_size = image_size
         self.chunk_size = chunk_size
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
         self.tau = nn.Parameter(torch.full((num_heads,), self.head_dim ** -0.5))
         if self.use_lcm:
             conv = nn.Conv2d if image_size is not None else nn.Conv1d

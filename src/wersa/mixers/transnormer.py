@@ -60,7 +60,7 @@ stale and masked). Both are constant in size.
 
 Options: ``attention="norm"``, ``variant="t2"``, ``window_size=64`` (Diag),
 ``chunk_size=64`` (chunk of the causal Norm prefix sums; any value gives the same
-result), ``bias=True`` (projections, as the reference).
+result), ``qkv_bias=True`` / ``out_bias=True`` (projections, as the reference).
 Cost: Norm ``O(N H d^2)``; Diag ``O(N w D)`` time, ``O(B H N w)`` memory.
 """
 
@@ -185,7 +185,7 @@ class TransNormer(Mixer):
             features, ReLU blocks with an output RMS norm).
         window_size: Diag block length ``w`` (keys per block, itself included).
         chunk_size: chunk length of the causal Norm prefix sums (speed only).
-        bias: bias of the q/k/v/out projections.
+        qkv_bias, out_bias: biases of the q/k/v and output projections.
     """
 
     capabilities = Capabilities(
@@ -195,12 +195,12 @@ class TransNormer(Mixer):
         reference="Qin et al., The Devil in Linear Transformer, EMNLP 2022, arXiv 2210.10340",
     )
 
-    renamed_options = {"block_size": "window_size"}
+    renamed_options = {"block_size": "window_size", "bias": ("qkv_bias", "out_bias")}
 
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
         attention: str = "norm", variant: str = "t2", window_size: int = 64,
-        chunk_size: int = 64, bias: bool = True,
+        chunk_size: int = 64, qkv_bias: bool = True, out_bias: bool = True,
     ):
         super().__init__(dim, num_heads, causal)
         if attention not in _ATTENTIONS:
@@ -214,8 +214,8 @@ class TransNormer(Mixer):
         self.variant = variant
         self.window_size = window_size
         self.chunk_size = chunk_size
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=out_bias)
 
     # -------------------------------------------------------------- helpers
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
