@@ -161,7 +161,7 @@ class WERSA(Mixer):
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
         levels: int = 2, num_features: int = 256, feature_map: str = "softmax",
-        conv_size: int = 33, gate_hidden: int | None = None, chunk_size: int = 128,
+        conv_size: int = 33, gate_hidden: int | None = None, chunk_size: int = 64,
         bandwidth: float = 1.0, min_bandwidth: float = 0.25, redraw_interval: int | None = None,
         feature_seed: int = 0, dropout: float = 0.0, eps: float = 1e-6, recompute: bool = True,
         block_size: int = 2048, qkv_bias: bool = False, out_bias: bool = False,
