@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/performance.py --out perf.json              # the cells of docs/performance.md
     python benchmarks/performance.py --plan full --out perf.json  # plus fused SDPA at 64k (slow)
-    python benchmarks/performance.py --plan quick --out perf.json # only the cells up to 16k tokens
+    python benchmarks/performance.py --plan quick --out perf.json # the cells up to 16k tokens, decoding, generate()
     python benchmarks/performance.py --cell '{"kind": "train", "mixer": "wersa", "causal": false, "n": 16384}'
 
 Cells (each runs in its own subprocess, so allocator caches and peak-RSS marks of
@@ -299,7 +299,7 @@ def default_plan(threads: int, full: bool = False, quick: bool = False):
         cells.append({"mixer": "wersa", "opts": {**wopts, "fused": False}, "kind": "train", "causal": causal,
                       "n": 16384, "reps": 1})
         cells.append({"kind": "core", "causal": causal, "n": 16384, "fused": False, "reps": 1})
-    if quick:  # no cell above 16k tokens (minutes instead of an hour on two busy cores)
+    if quick:  # up to 16k tokens, 3 timed passes (1 for SDPA), fused paths only: minutes, not hours
         cells = [{**c, "reps": max(c.get("reps", 3), 3)} if c["kind"] in ("train", "core") and c.get("mixer") != "sdpa" else c
                  for c in cells if c.get("n", 0) <= 16384 and c.get("opts", {}).get("fused", True) and c.get("fused", True)
                  and c.get("mixer") != "waveformer"]
