@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/performance.py --out perf.json              # the cells of docs/performance.md
     python benchmarks/performance.py --plan full --out perf.json  # plus fused SDPA at 64k (slow)
+    python benchmarks/performance.py --plan quick --out perf.json # the cells up to 16k tokens, decoding, generate()
     python benchmarks/performance.py --cell '{"kind": "train", "mixer": "wersa", "causal": false, "n": 16384}'
 
 Cells (each runs in its own subprocess, so allocator caches and peak-RSS marks of
@@ -15,6 +16,12 @@ one measurement never leak into another):
   before it (model and input already allocated).
 * ``decode``: prefill ``n`` tokens (no grad), then ``steps`` single-token ``step``
   calls; median seconds per token.
+* ``generate``: ``WersaForCausalLM.generate()`` end to end (greedy, batch 1) for a
+  ``layers``-layer model of width ``dim``: an ``n``-token prompt then ``new`` tokens. A
+  logits processor timestamps every generated token and records the resident memory
+  (``VmRSS``): decoding speed is ``new - 1`` tokens from the first to the last stamp
+  (the prompt's prefill excluded), flat memory means equal ``VmRSS`` at the first and
+  the last token (the cache's tensor bytes are recorded too).
 * ``core``: the attention core alone (:func:`wersa.ops.favor_attention.favor_attention`,
   or the unfused composition), forward + backward, FLOPs counted by
   ``torch.utils.flop_counter`` and the fp32 GEMM rate of this machine measured in
@@ -115,6 +122,70 @@ def run_decode(cell):
             "steps": steps}
 
 
+def _vm(key):
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+
+
+def _tensor_bytes(obj):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def run_generate(cell):
+    torch = _setup(cell["threads"])
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from wersa.models import WersaConfig, WersaForCausalLM
+
+    torch.manual_seed(0)
+    dim, n, new = cell.get("dim", 512), cell["n"], cell.get("new", 256)
+    cfg = WersaConfig(mixer=cell["mixer"], mixer_options=cell.get("opts", {}), vocab_size=256, hidden_size=dim,
+                      num_hidden_layers=cell.get("layers", 2), num_attention_heads=cell.get("heads", 8),
+                      position_embedding_type="sinusoidal", max_position_embeddings=None)
+    lm = WersaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 256, (1, n))
+    trace = []
+
+    class Probe(LogitsProcessor):  # called once per generated token, after that token's forward
+        def __call__(self, input_ids, scores):
+            trace.append((time.perf_counter(), time.process_time(), _vm("VmRSS")))
+            return scores
+
+    def gen(prompt, count):
+        trace.clear()
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = lm.generate(prompt, max_new_tokens=count, min_new_tokens=count, do_sample=False, pad_token_id=0,
+                          logits_processor=LogitsProcessorList([Probe()]), return_dict_in_generate=True)
+        return t0, c0, time.perf_counter() - t0, time.process_time() - c0, out
+
+    with torch.no_grad():
+        gen(ids[:, :64], 4)  # warm-up
+    t0, c0, full, full_cpu, out = gen(ids, new)
+    (w1, c1, rss1), (wl, cl, rssl) = trace[0], trace[-1]
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return {"seconds_to_first_token": w1 - t0, "cpu_seconds_to_first_token": c1 - c0,
+            "seconds": full, "cpu_seconds": full_cpu,
+            # decoding alone, from the probe's timestamps (first to last generated token)
+            "decode_tokens_per_s": (new - 1) / (wl - w1), "decode_tokens_per_cpu_s": (new - 1) / (cl - c1),
+            # end to end: prefill of the prompt included
+            "tokens_per_s": new / full, "rss_first_token_bytes": rss1, "rss_last_token_bytes": rssl,
+            "cache_bytes_after": _tensor_bytes(getattr(cache, "states", None)) if cache is not None else None,
+            "new": new}
+
+
 def run_core(cell):
     torch = _setup(cell["threads"])
     from torch.utils.flop_counter import FlopCounterMode
@@ -128,8 +199,10 @@ def run_core(cell):
     bw = torch.ones(H, requires_grad=True)
     fn = favor_attention if cell.get("fused", True) else favor_attention_reference
 
+    extra = {"chunk_size": cell["chunk_size"]} if "chunk_size" in cell else {}
+
     def step():
-        y = fn(q, k, v, omega, bw, causal=cell["causal"])
+        y = fn(q, k, v, omega, bw, causal=cell["causal"], **extra)
         y.backward(torch.ones_like(y))
 
     with FlopCounterMode(display=False) as counter:
@@ -158,7 +231,28 @@ def run_core(cell):
             "fraction_of_gemm_cpu": (flops / cpu) / rate_cpu}
 
 
-KINDS = {"train": run_train, "decode": run_decode, "core": run_core}
+def run_gemm(cell):
+    """A ``size^3`` matmul in float32 and in bfloat16, median of ``reps``: is bf16 a lever here?"""
+    torch = _setup(cell["threads"])
+    size, out = cell.get("size", 2048), {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b
+        walls, cpus = [], []
+        for _ in range(cell.get("reps", 3)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            a @ b
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        out[name] = {"seconds": statistics.median(walls), "cpu_seconds": statistics.median(cpus),
+                     "gflops_per_s": 2 * size ** 3 / statistics.median(walls) / 1e9}
+    out["bf16_over_fp32_seconds"] = out["bfloat16"]["seconds"] / out["float32"]["seconds"]
+    out["bf16_over_fp32_cpu_seconds"] = out["bfloat16"]["cpu_seconds"] / out["float32"]["cpu_seconds"]
+    return out
+
+
+KINDS = {"train": run_train, "decode": run_decode, "generate": run_generate, "core": run_core,
+         "gemm": run_gemm}
 
 
 def measure_cell(cell):
@@ -174,8 +268,9 @@ def run_isolated_cell(cell, timeout):
     return {**cell, **res, "process_seconds": res["wall_s"]}
 
 
-def default_plan(threads: int, full: bool = False):
-    """The cells of docs/performance.md, most important first. ``full`` adds fused SDPA at 64k (slow)."""
+def default_plan(threads: int, full: bool = False, quick: bool = False):
+    """The cells of docs/performance.md, most important first. ``full`` adds fused SDPA at 64k (slow);
+    ``quick`` keeps the cells up to 16k tokens."""
     wopts = {"levels": 2, "num_features": 256}
     W = {"mixer": "wersa", "opts": wopts}
     cells = []
@@ -187,8 +282,14 @@ def default_plan(threads: int, full: bool = False):
                       "n": 16384, "reps": 1})
         cells.append({"kind": "core", "causal": causal, "n": 16384, "reps": 1})
     for n in (1024, 65536):
-        cells.append({**W, "kind": "decode", "causal": True, "n": n, "steps": 16})
-        cells.append({"mixer": "sdpa", "kind": "decode", "causal": True, "n": n, "steps": 16})
+        cells.append({**W, "kind": "decode", "causal": True, "n": n, "steps": 32})
+        cells.append({"mixer": "sdpa", "kind": "decode", "causal": True, "n": n, "steps": 32})
+    # generate() end to end, 2 layers: a 16k prompt (fused SDPA's 64k prefill takes many minutes here)
+    for mixer, opts in (("wersa", wopts), ("sdpa", {})):
+        cells.append({"mixer": mixer, "opts": opts, "kind": "generate", "causal": True, "n": 16384, "new": 256})
+    for chunk in (128, 256):  # the causal core's chunk size (64 is the default, above)
+        cells.append({"kind": "core", "causal": True, "n": 16384, "reps": 1, "chunk_size": chunk})
+    cells.append({"kind": "gemm", "causal": False, "size": 2048, "reps": 3})
     for causal in (False, True):
         cells.append({**W, "kind": "train", "causal": causal, "n": 65536, "reps": 1})
         cells.append({**W, "kind": "train", "causal": causal, "n": 131072, "reps": 0})
@@ -198,6 +299,10 @@ def default_plan(threads: int, full: bool = False):
         cells.append({"mixer": "wersa", "opts": {**wopts, "fused": False}, "kind": "train", "causal": causal,
                       "n": 16384, "reps": 1})
         cells.append({"kind": "core", "causal": causal, "n": 16384, "fused": False, "reps": 1})
+    if quick:  # up to 16k tokens, 3 timed passes (1 for SDPA), fused paths only: minutes, not hours
+        cells = [{**c, "reps": max(c.get("reps", 3), 3)} if c["kind"] in ("train", "core") and c.get("mixer") != "sdpa" else c
+                 for c in cells if c.get("n", 0) <= 16384 and c.get("opts", {}).get("fused", True) and c.get("fused", True)
+                 and c.get("mixer") != "waveformer"]
     if full:
         for causal in (False, True):
             cells.append({"mixer": "sdpa", "kind": "train", "causal": causal, "n": 65536, "reps": 1,
@@ -265,6 +370,18 @@ def report(path):
     for key in ("seconds", "cpu_seconds"):
         print(f"waveformer/wersa bidir 16k ({key}): {fmt(ratio(W(False, 16384), wf, key))}")
     for mixer in ("wersa", "sdpa"):
+        g = _find(rows, kind="generate", mixer=mixer)
+        if g:
+            print(f"generate {mixer} {g['n'] // 1024}k prompt + {g['new']}: {g['decode_tokens_per_s']:.1f} tokens/s "
+                  f"({g['decode_tokens_per_cpu_s']:.1f} per CPU s), first token after {g['seconds_to_first_token']:.1f} s, "
+                  f"VmRSS first/last token {g['rss_first_token_bytes'] / 2**20:.1f}/{g['rss_last_token_bytes'] / 2**20:.1f} MiB, "
+                  f"cache {g['cache_bytes_after'] / 2**20:.2f} MiB")
+    for r in rows:
+        if r.get("kind") == "core" and "chunk_size" in r and "error" not in r:
+            print(f"core causal 16k chunk {r['chunk_size']}: {r['seconds']:.2f} s, {r['cpu_seconds']:.2f} CPU s")
+        if r.get("kind") == "gemm" and "error" not in r:
+            print(f"gemm {r['size']}^3: bf16/fp32 time {r['bf16_over_fp32_seconds']:.1f} (CPU {r['bf16_over_fp32_cpu_seconds']:.1f})")
+    for mixer in ("wersa", "sdpa"):
         d1, d64 = (_find(rows, kind="decode", mixer=mixer, n=n) for n in (1024, 65536))
         for key in ("seconds_per_token", "cpu_seconds_per_token"):
             print(f"decode {mixer} per token 1k / 64k ({key}): {fmt(d1 and d1[key] * 1e3, '.3f')} ms / "
@@ -274,7 +391,7 @@ def report(path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cell", help="run one cell (JSON) in this process and print its result")
-    p.add_argument("--plan", choices=["default", "full"], default="default")
+    p.add_argument("--plan", choices=["default", "full", "quick"], default="default")
     p.add_argument("--only", nargs="*", default=None, help="run only cells whose JSON contains all these substrings")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=3600)
@@ -289,7 +406,7 @@ def main(argv=None):
         cell.setdefault("threads", args.threads)
         print(json.dumps(KINDS[cell["kind"]](cell)))
         return
-    cells = default_plan(args.threads, full=args.plan == "full")
+    cells = default_plan(args.threads, full=args.plan == "full", quick=args.plan == "quick")
     if args.only:
         cells = [c for c in cells if all(s in json.dumps(c) for s in args.only)]
     for cell in cells:

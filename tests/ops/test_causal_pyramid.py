@@ -56,3 +56,16 @@ def test_long_sequence_keeps_precision():
     y = causal_haar_pyramid(x, gains, 2)
     expect = x[:, -1] - 0.5 * (x[:, -1] + x[:, -2])
     assert torch.allclose(y[:, -1], expect, atol=1e-3)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2, 3, 4])
+def test_window_weights_equal_pyramid_step(levels):
+    from wersa.ops.causal_pyramid import causal_haar_pyramid_step, pyramid_window_weights
+
+    g = torch.Generator().manual_seed(levels)
+    window = torch.randn(3, 2, 2 ** levels, 5, generator=g, dtype=torch.float64)  # (B, H, 2^L, d), newest last
+    gains = torch.rand(3, levels + 1, generator=g, dtype=torch.float64)
+    ref, hist = causal_haar_pyramid_step(window[..., -1, :], window[..., :-1, :], gains, levels)
+    w = gains @ pyramid_window_weights(levels, dtype=torch.float64)  # (B, 2^L)
+    out = (w.view(3, 1, 1, -1) @ window).squeeze(-2)
+    assert (out - ref).abs().max().item() < 1e-12

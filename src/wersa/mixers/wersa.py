@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.compaction import compaction, gather_tokens
-from ..ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_lean, causal_haar_pyramid_step
+from ..ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_lean, pyramid_window_weights
 from ..ops.depthwise_conv import depthwise_conv1d
 from ..ops.favor_attention import favor_attention, favor_attention_with_state
 from ..ops.feature_maps import (
@@ -157,7 +157,7 @@ class WERSA(RandomFeatureMixin, Mixer):
     def __init__(
         self, dim: int, num_heads: int, causal: bool = False, *,
         levels: int = 2, num_features: int = 256, feature_map: str = "softmax",
-        conv_size: int = 33, gate_hidden: int | None = None, chunk_size: int = 128,
+        conv_size: int = 33, gate_hidden: int | None = None, chunk_size: int = 64,
         bandwidth: float = 1.0, min_bandwidth: float = 0.25, redraw_interval: int | None = None,
         feature_seed: int = 0, dropout: float = 0.0, eps: float = 1e-6, recompute: bool = True,
         block_size: int = 2048, qkv_bias: bool = False, out_bias: bool = False,
@@ -353,31 +353,78 @@ class WERSA(RandomFeatureMixin, Mixer):
                                          device=device, dtype=work)
         return {
             "conv": torch.zeros(batch_size, self.conv_size - 1, self.dim, device=device, dtype=dtype),
-            "q_hist": torch.zeros(batch_size, self.num_heads, hist, self.head_dim, device=device, dtype=dtype),
-            "k_hist": torch.zeros(batch_size, self.num_heads, hist, self.head_dim, device=device, dtype=dtype),
+            # raw q and k projections of the last 2^L - 1 tokens, oldest first: (B, 2, H, 2^L - 1, d)
+            "qk_hist": torch.zeros(batch_size, 2, self.num_heads, hist, self.head_dim, device=device, dtype=dtype),
             "S": la.S,
             "z": la.z,
         }
 
+    def _step_constants(self, dtype) -> tuple:
+        """What every decoding step reuses: ``Omega^T / b`` ``(H, d, m)``, the key exponent
+        terms ``1 / (2 b^2)`` and ``shift + log sqrt(m)`` ``(H, 1)``, ``log sqrt(m)``, and the
+        pyramid's window weights ``(L+1, 2^L)`` (:func:`~wersa.ops.causal_pyramid.pyramid_window_weights`).
+
+        Without autograd they are cached until ``Omega`` or ``beta`` change (in-place updates
+        bump a tensor's version; ``.to()`` gives new storage), so a step does no
+        ``O(H m d)`` work besides its GEMMs; with autograd they are recomputed, so
+        gradients reach ``beta``.
+        """
+        key = (dtype, self.omega.device, self.omega.data_ptr(), self.omega._version,
+               self.beta.data_ptr(), self.beta._version, self.feature_map)
+        cached = getattr(self, "_step_cache", None)
+        if not torch.is_grad_enabled() and cached is not None and cached[0] == key:
+            return cached[1]
+        b = self.bandwidth.to(dtype)
+        omega = self.omega.to(dtype)
+        log_scale = 0.5 * math.log(self.num_features)
+        omega_t = (omega / b.view(-1, 1, 1)).transpose(-1, -2).contiguous()  # (H, d, m)
+        half_inv_b2 = (0.5 / (b * b)).view(-1, 1)
+        key_shift = self._key_shift(dtype)
+        key_offset = (key_shift.view(-1, 1) if key_shift is not None else torch.zeros_like(half_inv_b2)) + log_scale
+        weights = pyramid_window_weights(self.levels, dtype=dtype, device=omega.device)
+        consts = (omega_t, half_inv_b2, key_offset, log_scale, weights)
+        if not torch.is_grad_enabled():
+            self._step_cache = (key, consts)
+        return consts
+
     def _step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        b = x_t.shape[0]
-        q, k, v = self.qkv(x_t).chunk(3, dim=-1)
-        q = q.view(b, self.num_heads, self.head_dim)
-        k = k.view(b, self.num_heads, self.head_dim)
-        v = v.view(b, self.num_heads, self.head_dim)
+        """One token: ``x_t (B, D)``. Queries and keys go through the pyramid and the
+        feature map together (one ``(B, 2, H, ., d)`` tensor), so the per-token work is a
+        handful of small GEMMs and elementwise ops, whatever the context length."""
+        b, H, d = x_t.shape[0], self.num_heads, self.head_dim
+        work = torch.float32 if x_t.dtype in (torch.float16, torch.bfloat16) else x_t.dtype
+        omega_t, half_inv_b2, key_offset, log_scale, weights = self._step_constants(work)
+        qkv = self.qkv(x_t).view(b, 3, H, d)
+        qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, d), (B, H, d)
         new = dict(state)
         window = torch.cat([state["conv"], x_t.unsqueeze(1)], dim=1)  # (B, K, D), newest last
-        if self.levels > 0:
-            conv = (window * self.gate_conv.weight[:, 0, :].T.unsqueeze(0)).sum(1) + self.gate_conv.bias
-            gains = torch.sigmoid(self.gate_mlp(conv)) * self.scale_weights  # (B, L+1)
-            q, new["q_hist"] = causal_haar_pyramid_step(q, state["q_hist"], gains, self.levels)
-            k, new["k_hist"] = causal_haar_pyramid_step(k, state["k_hist"], gains, self.levels)
         new["conv"] = window[:, 1:]
-        phi_q, phi_k = self._features(q, True), self._features(k, False)
-        y, la = linear_attention_step(phi_q, phi_k, v.to(phi_q.dtype),
-                                      LinearAttentionState(state["S"], state["z"]), eps=self.eps)
-        new["S"], new["z"] = la.S, la.z
-        return self._merge_heads(y.to(x_t.dtype).unsqueeze(2)).squeeze(1), new
+        if self.levels > 0:
+            conv = (window * self.gate_conv.weight[:, 0, :].T).sum(1) + self.gate_conv.bias
+            gains = torch.sigmoid(self.gate_mlp(conv)) * self.scale_weights  # (B, L+1)
+            hist = torch.cat([state["qk_hist"], qk.unsqueeze(-2)], dim=-2)  # (B, 2, H, 2^L, d)
+            new["qk_hist"] = hist[..., 1:, :]
+            # The pyramid output is a gain-weighted average of the window: (B, 1, 1, 1, 2^L) @ window.
+            qk = ((gains.to(weights.dtype) @ weights).to(hist.dtype).view(b, 1, 1, 1, -1) @ hist).squeeze(-2)
+        qk = qk.to(work)
+        unit = qk / torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+        # Omega x^ per head as one (H, 2B, d) @ (H, d, m) product (a broadcast over B would copy Omega).
+        e = torch.bmm(unit.permute(2, 0, 1, 3).reshape(H, 2 * b, d), omega_t).view(H, b, 2, -1)
+        e_q, e_k = e[:, :, 0].transpose(0, 1), e[:, :, 1].transpose(0, 1)  # (B, H, m)
+        if self.feature_map == "relu":
+            phi_q, phi_k = torch.relu(e_q) * math.exp(-log_scale), torch.relu(e_k) * math.exp(-log_scale)
+        else:
+            # exp(Omega x^ - |x^|^2 / 2) / sqrt(m); queries shifted by their row max.
+            phi_q = torch.exp(e_q - (e_q.amax(-1, keepdim=True) + log_scale))
+            sq = (unit[:, 1] * unit[:, 1]).sum(-1, keepdim=True)  # |x / max(|x|, eps)|^2: 1 unless tiny
+            phi_k = torch.exp(e_k - torch.addcmul(key_offset, sq, half_inv_b2))
+        v = v.to(work)
+        S = torch.addcmul(state["S"], phi_k.unsqueeze(-1), v.unsqueeze(-2))  # (B, H, m, d)
+        z = state["z"] + phi_k
+        pq = phi_q.unsqueeze(-2)  # (B, H, 1, m)
+        y = (pq @ S) / ((pq @ z.unsqueeze(-1)) + self.eps)  # (B, H, 1, d)
+        new["S"], new["z"] = S, z
+        return self._merge_heads(y.to(x_t.dtype)).squeeze(1), new
 
     def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Parallel causal pass over a prompt that also returns the decoding state.
@@ -423,9 +470,9 @@ class WERSA(RandomFeatureMixin, Mixer):
         if hist:
             # The pyramid's history is the last 2^L - 1 raw projections: project only those tokens.
             tail, valid = _last_tokens(xm, lengths, hist)
-            qr, kr, _ = self.qkv(tail).chunk(3, dim=-1)
-            m4 = valid[:, None, :, None].to(qr.dtype)  # zeros before the start, bias or not
-            state["q_hist"], state["k_hist"] = self._heads(qr) * m4, self._heads(kr) * m4
+            qk = self.qkv(tail)[..., : 2 * self.dim]  # (B, 2^L - 1, 2D)
+            qk = qk.view(qk.shape[0], hist, 2, self.num_heads, self.head_dim).permute(0, 2, 3, 1, 4)
+            state["qk_hist"] = qk * valid[:, None, None, :, None].to(qk.dtype)  # zeros before the start, bias or not
         state["S"], state["z"] = la.S, la.z
         return y, state
 

@@ -95,6 +95,25 @@ def causal_haar_pyramid_step(x_t: Tensor, history: Tensor, gains_t: Tensor, leve
     return y, window[..., 1:, :]
 
 
+def pyramid_window_weights(levels: int, dtype=None, device=None) -> Tensor:
+    """The pyramid's output at one token as weights over its window: ``(L + 1, 2^L)``.
+
+    With ``A_0 = x_t`` and ``A_l`` the mean of the last ``2^l`` inputs, the output
+    ``g_0 A_L + sum_l g_l (A_{l-1} - A_l)`` is ``(g @ W) . window`` for the window
+    ``x_{t-2^L+1} .. x_t`` (oldest first): row ``0`` of ``W`` holds ``A_L``'s weights, row
+    ``l`` those of ``A_{l-1} - A_l``. One small product per token instead of ``L`` means
+    (:func:`causal_haar_pyramid_step` is the reference).
+    """
+    n = 2 ** levels
+    mean_of_last = torch.zeros(levels + 1, n, dtype=torch.float64)
+    for level in range(levels + 1):
+        mean_of_last[level, n - 2 ** level:] = 1.0 / 2 ** level
+    w = torch.empty_like(mean_of_last)
+    w[0] = mean_of_last[levels]
+    w[1:] = mean_of_last[:-1] - mean_of_last[1:]
+    return w.to(dtype=dtype or torch.get_default_dtype(), device=device)
+
+
 def _advance(x: Tensor, s: int) -> Tensor:
     """Adjoint of :func:`_shift`: ``x`` advanced by ``s`` positions, zeros entering at the end."""
     n = x.shape[-2]

@@ -149,11 +149,12 @@ def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, bl
 
 
 # ------------------------------------------------------------------------ causal
-def _causal_block(phi_q, phi_k, v, state, c):
-    """Chunked causal linear attention of one block, batched over its chunks.
+def _causal_chunks(phi_q, phi_k, v, state, c):
+    """The chunk-state form of one block, batched over its chunks (what forward and backward share).
 
-    Returns ``out (B, H, T, d+1)``, the state after the block and the tensors the
-    backward pass reuses.
+    Returns ``qc, kc, vc`` (chunked, zero-padded to a multiple of ``c``), the masked
+    intra-chunk scores ``(B, H, C, c, c)``, the state entering each chunk
+    ``before (B, H, C, m, d+1)``, the state leaving the block, the mask and the padding.
     """
     B, H, T, m = phi_q.shape
     vv = _ones_column(v)
@@ -168,10 +169,22 @@ def _causal_block(phi_q, phi_k, v, state, c):
     chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, C, m, e)
     # Exclusive prefix over chunks (shifted inclusive sums, not "cumsum - self": no cancellation).
     before = torch.cat([state.unsqueeze(2), torch.cumsum(chunk_kv[:, :, :-1], dim=2).add_(state.unsqueeze(2))], dim=2)
+    new_state = before[:, :, -1] + chunk_kv[:, :, -1]
+    return qc, kc, vc, scores, before, new_state, tril, pad
+
+
+def _causal_block(phi_q, phi_k, v, state, c):
+    """Chunked causal linear attention of one block: ``out (B, H, T, d+1)`` and the state after it.
+
+    Per chunk, the intra-chunk part is a masked ``c x c`` GEMM and the inter-chunk part one
+    ``(c, m) @ (m, d+1)`` GEMM with the state entering the chunk.
+    """
+    T = phi_q.shape[2]
+    qc, _, vc, scores, before, new_state, _, _ = _causal_chunks(phi_q, phi_k, v, state, c)
     out = scores @ vc
     out += qc @ before
-    new_state = before[:, :, -1] + chunk_kv[:, :, -1]
-    return out.view(B, H, C * c, e)[:, :, :T], new_state, (qc, kc, vc, scores, before, tril, pad)
+    B, H, C = out.shape[:3]
+    return out.view(B, H, C * c, -1)[:, :, :T], new_state
 
 
 def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, state=None):
@@ -188,7 +201,7 @@ def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, s
         phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
         if key_mask is not None:
             phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
-        out, state, _ = _causal_block(phi_q, phi_k, v[:, :, s:t], state, c)
+        out, state = _causal_block(phi_q, phi_k, v[:, :, s:t], state, c)
         den[:, :, s:t] = out[..., d:] + eps
         torch.div(out[..., :d], den[:, :, s:t], out=y[:, :, s:t])
     return y, den, torch.stack(states), state
@@ -207,7 +220,8 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
         phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
         if key_mask is not None:
             phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
-        _, _, (qc, kc, vc, scores, before, tril, pad) = _causal_block(phi_q, phi_k, v[:, :, s:t], states[i], c)
+        # The backward needs the chunk states and scores, not the block's output: no recomputed output.
+        qc, kc, vc, scores, before, _, tril, pad = _causal_chunks(phi_q, phi_k, v[:, :, s:t], states[i], c)
         C = qc.shape[2]
         g_out = _output_grad(gy[:, :, s:t], y[:, :, s:t], den[:, :, s:t])
         if pad:
@@ -279,7 +293,7 @@ class _FavorAttention(torch.autograd.Function):
 
 def favor_attention(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
-    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128, block_size: int = 2048,
+    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64, block_size: int = 2048,
     key_shift: Tensor | None = None,
 ) -> Tensor:
     """Fused FAVOR+ attention of l2-normalised, bandwidth-scaled queries and keys.
@@ -317,7 +331,7 @@ def favor_attention(
 @torch.no_grad()
 def favor_attention_with_state(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *,
-    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128, block_size: int = 2048,
+    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64, block_size: int = 2048,
     key_shift: Tensor | None = None,
 ) -> tuple[Tensor, LinearAttentionState]:
     """Causal forward only (no autograd), also returning the running sums after the last token (prefill)."""
@@ -333,7 +347,7 @@ def favor_attention_with_state(
 
 def favor_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
-    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 128, key_shift: Tensor | None = None,
+    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64, key_shift: Tensor | None = None,
 ) -> Tensor:
     """The unfused composition :func:`favor_attention` must equal (values and gradients)."""
     b = bandwidth.view(1, -1, 1, 1)
