@@ -426,29 +426,24 @@ class WERSA(RandomFeatureMixin, Mixer):
         new["S"], new["z"] = S, z
         return self._merge_heads(y.to(x_t.dtype)).squeeze(1), new
 
-    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def _parallel_prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         """Parallel causal pass over a prompt that also returns the decoding state.
 
         Any padding pattern: the real tokens are compacted to the front, so the state is
         the one :meth:`step` reaches by skipping the padded tokens.
         """
-        self._require_recurrent()
-        self._check_x(x)
         b, n, _ = x.shape
-        mask = self._check_mask(attention_mask, b, n, x.device)
         state = self.init_state(b, x.device, x.dtype)
-        if n == 0:
-            return x * 0.0, state
         if mask is None:
             lengths = torch.full((b,), n, device=x.device, dtype=torch.long)
-            y, state = self._prefill(x, None, lengths, state)
-            return y, state
+            return self._prefill_right_padded(x, None, lengths, state)
         comp = compaction(mask)
-        y, state = self._prefill(gather_tokens(x, comp.perm), gather_tokens(mask, comp.perm), comp.lengths, state)
-        return gather_tokens(y, comp.inverse).masked_fill(~mask.unsqueeze(-1), 0.0), state
+        y, state = self._prefill_right_padded(gather_tokens(x, comp.perm), gather_tokens(mask, comp.perm),
+                                              comp.lengths, state)
+        return gather_tokens(y, comp.inverse), state
 
-    def _prefill(self, x: Tensor, mask: Tensor | None, lengths: Tensor,
-                 state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def _prefill_right_padded(self, x: Tensor, mask: Tensor | None, lengths: Tensor,
+                              state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """:meth:`prefill` for a right-padded ``mask``; ``lengths``: real tokens per row ``(B,)``."""
         xm = x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
         q, k, v = self._filtered_qkv(x, mask)
