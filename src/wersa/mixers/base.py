@@ -311,16 +311,19 @@ class Mixer(nn.Module):
             raise ValueError(f"{self.capabilities.name}: x_t holds {batch} sequences but the state holds "
                              f"{min(sizes)}; build the state with init_state({batch}) or prefill this batch")
 
-    def step_through(self, x: Tensor, state: Any = None,
-                     attention_mask: Tensor | None = None) -> tuple[Tensor, Any]:
+    def step_through(self, x: Tensor, state: Any = None, attention_mask: Tensor | None = None,
+                     check_values: bool = True) -> tuple[Tensor, Any]:
         """Feed ``(B, N, D)`` tokens one at a time through :meth:`step`, from ``state``
         (a fresh one if ``None``). Returns ``(outputs (B, N, D), state)``.
 
-        The sequential reference every parallel form is tested against.
+        The sequential reference every parallel form is tested against, and the decoding
+        loop of the models. ``check_values=False`` skips the scans that read tensor values
+        (NaN/Inf, mask values; a host sync on an accelerator), for callers that checked
+        their input once already (generation, token after token).
         """
         self._require_recurrent()
-        self._check_x(x)
-        if attention_mask is not None:  # validated once here; step itself does not scan values
+        self._check_x(x, scan=check_values)
+        if attention_mask is not None and check_values:  # step itself does not scan values
             self._check_mask(attention_mask, x.shape[0], x.shape[1], x.device)
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)

@@ -141,11 +141,8 @@ class WersaBlock(nn.Module):
         """Continue from ``state`` with ``N`` new positions ``h``: ``(B, N, D)``."""
         x = self.norm1(h)
         if self.cache_kind == "recurrent":
-            outs = []
-            for t in range(x.shape[1]):
-                y_t, state = self.mixer.step(x[:, t], state, attention_mask=None if mask is None else mask[:, t])
-                outs.append(y_t)
-            mixed = torch.stack(outs, dim=1)
+            # The model checked h and mask once; no value scan per generated token.
+            mixed, state = self.mixer.step_through(x, state, attention_mask=mask, check_values=False)
         else:
             old_x, old_mask = state["x"], state["mask"]
             x_all = torch.cat([old_x, x], dim=1)
