@@ -197,7 +197,7 @@ def run_core(cell):
     q, k, v = (torch.randn(B, H, n, d, generator=g).requires_grad_(True) for _ in range(3))
     omega = torch.randn(H, m, d, generator=g)
     bw = torch.ones(H, requires_grad=True)
-    fn = favor_attention if cell.get("fused", True) else favor_attention_reference
+    fn = favor_attention if cell.get("recompute", True) else favor_attention_reference
 
     extra = {"chunk_size": cell["chunk_size"]} if "chunk_size" in cell else {}
 
@@ -296,12 +296,12 @@ def default_plan(threads: int, full: bool = False, quick: bool = False):
     cells.append({"mixer": "waveformer", "opts": {"levels": 3, "num_features": 256}, "kind": "train",
                   "causal": False, "n": 16384, "reps": 1})
     for causal in (False, True):
-        cells.append({"mixer": "wersa", "opts": {**wopts, "fused": False}, "kind": "train", "causal": causal,
+        cells.append({"mixer": "wersa", "opts": {**wopts, "recompute": False}, "kind": "train", "causal": causal,
                       "n": 16384, "reps": 1})
-        cells.append({"kind": "core", "causal": causal, "n": 16384, "fused": False, "reps": 1})
-    if quick:  # up to 16k tokens, 3 timed passes (1 for SDPA), fused paths only: minutes, not hours
+        cells.append({"kind": "core", "causal": causal, "n": 16384, "recompute": False, "reps": 1})
+    if quick:  # up to 16k tokens, 3 timed passes (1 for SDPA), memory-lean paths only: minutes, not hours
         cells = [{**c, "reps": max(c.get("reps", 3), 3)} if c["kind"] in ("train", "core") and c.get("mixer") != "sdpa" else c
-                 for c in cells if c.get("n", 0) <= 16384 and c.get("opts", {}).get("fused", True) and c.get("fused", True)
+                 for c in cells if c.get("n", 0) <= 16384 and c.get("opts", {}).get("recompute", True) and c.get("recompute", True)
                  and c.get("mixer") != "waveformer"]
     if full:
         for causal in (False, True):
@@ -314,7 +314,7 @@ def default_plan(threads: int, full: bool = False, quick: bool = False):
 
 def _find(rows, **want):
     for r in rows:
-        if "error" not in r and all(r.get(k) == v or (k == "fused" and r.get("opts", {}).get("fused", True) == v)
+        if "error" not in r and all(r.get(k) == v or (k == "recompute" and r.get("opts", {}).get("recompute", True) == v)
                                     for k, v in want.items()):
             return r
     return None
@@ -323,7 +323,7 @@ def _find(rows, **want):
 def report(path):
     """Print the targets table of docs/performance.md from a results file (JSON lines)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    W = lambda causal, n, fused=True: _find(rows, kind="train", mixer="wersa", causal=causal, n=n, fused=fused)
+    W = lambda causal, n, recompute=True: _find(rows, kind="train", mixer="wersa", causal=causal, n=n, recompute=recompute)
     S = lambda causal, n: _find(rows, kind="train", mixer="sdpa", causal=causal, n=n)
     GiB = 2 ** 30
 
@@ -338,7 +338,7 @@ def report(path):
     for r in rows:
         if r.get("kind") != "train":
             continue
-        name = f"{r['mixer']}{'' if r.get('opts', {}).get('fused', True) else ' (fused=False)'} " \
+        name = f"{r['mixer']}{'' if r.get('opts', {}).get('fused', True) else ' (recompute=False)'} " \
                f"{'causal' if r['causal'] else 'bidir'} {r['n'] // 1024}k"
         if "error" in r:
             print(f"| {name} | {r['error'][:40]} | | |")
@@ -362,7 +362,7 @@ def report(path):
         p = _find(rows, kind="train", mixer="performer", causal=causal, n=16384)
         for key in ("seconds", "cpu_seconds"):
             print(f"wersa/performer {mode} 16k ({key}): {fmt(ratio(p, W(causal, 16384), key))}")
-        c = _find(rows, kind="core", causal=causal, n=16384, fused=True)
+        c = _find(rows, kind="core", causal=causal, n=16384, recompute=True)
         if c:
             print(f"core {mode} 16k: {c['flops'] / 1e9:.1f} GFLOP, {c['fraction_of_gemm']:.2f} of GEMM (wall), "
                   f"{c['fraction_of_gemm_cpu']:.2f} (CPU time)")
