@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -100,3 +101,44 @@ def test_refuses_causal():
         wersa.build_mixer("fnet", dim=D, num_heads=H, causal=True)
     caps = wersa.capabilities("fnet")
     assert not caps.causal and caps.attention_mask and caps.left_padding and not caps.recurrent
+
+
+# ------------------------------------------------------------- parity with fnet-pytorch
+def fnet_pytorch():
+    """The ``fnet-pytorch`` package (module ``fnet``); its import warns about a deprecated
+    ``torch.cuda.amp`` decorator, which says nothing about the computation."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        peer = pytest.importorskip("fnet")
+    if not hasattr(peer, "FourierFFTLayer"):
+        pytest.skip("a module named fnet that is not fnet-pytorch")
+    return peer
+
+
+@pytest.mark.parametrize("n", [1, 7, 16])
+def test_parity_with_fnet_pytorch(n):
+    """Both of the package's mixing layers (FFT, and DFT matrices in complex128): they return
+    float32, so the difference is float32 rounding of outputs of size ~sqrt(N D)."""
+    peer = fnet_pytorch()
+    m = wersa.build_mixer("fnet", dim=D, num_heads=H)
+    x = torch.randn(2, n, D, dtype=torch.float64)
+    y = m(x)
+    layers = [peer.FourierFFTLayer(),
+              peer.FourierMMLayer({"max_position_embeddings": n, "hidden_size": D})]
+    for layer in layers:
+        ref = layer(x).double()
+        assert (y - ref).abs().max() / ref.abs().max() < 1e-6
+
+
+def test_padded_rows_equal_fnet_pytorch_on_the_unpadded_sequence():
+    """The package has no mask; a padded row here equals the package on the real tokens alone."""
+    peer = fnet_pytorch()
+    m = wersa.build_mixer("fnet", dim=D, num_heads=H)
+    x = torch.randn(2, 10, D, dtype=torch.float64)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[0, 6:] = False
+    mask[1, :3] = False
+    y = m(x, attention_mask=mask)
+    for b in range(2):
+        ref = peer.FourierFFTLayer()(x[b : b + 1, mask[b]])[0].double()
+        assert (y[b, mask[b]] - ref).abs().max() / ref.abs().max() < 1e-6

@@ -140,3 +140,78 @@ def test_old_option_names_still_work():
     with pytest.warns(FutureWarning, match="'kernel_size' is now called 'window_size'"):
         m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, kernel_size=5, bias=False)
     assert m.window_size == 5 and m.qkv.bias is None and m.out_proj.bias is None
+
+
+# ------------------------------------------------------------------ parity with NATTEN
+# NATTEN 0.21 on CPU runs through its Flex Attention backend: float32 (no float64), forward
+# only (no backward on CPU), and it refuses k * r > n (clamped per group here). Install:
+# pip install --no-build-isolation --no-deps natten==0.21.7  (its build imports torch).
+NATTEN_CASES = [(13, 5, 1), (13, 4, 1), (14, 3, 3), (13, 4, 2), (11, 5, 2), (64, 7, 1), (40, 31, 1)]
+
+
+def natten_pair(natten, dim: int = 2, **opts):
+    """Our mixer and NATTEN's ``NeighborhoodAttention{1,2}D`` holding the same weights.
+
+    Both fuse q/k/v in one ``Linear(D, 3D)`` read as ``(3, heads, head_dim)``; NATTEN's
+    ``proj`` is our ``out_proj``; NATTEN's ``kernel_size`` is our ``window_size``.
+    """
+    torch.manual_seed(0)
+    image_size = opts.pop("image_size", None)
+    k, r, causal = opts["window_size"], opts["dilation"], opts.get("causal", False)
+    m = wersa.build_mixer("neighborhood", dim=D, num_heads=H, image_size=image_size, **opts).eval()
+    cls = natten.NeighborhoodAttention2D if image_size else natten.NeighborhoodAttention1D
+    peer = cls(D, H, kernel_size=k, dilation=r, is_causal=causal).eval()
+    with torch.no_grad():
+        peer.qkv.weight.copy_(m.qkv.weight)
+        peer.qkv.bias.copy_(m.qkv.bias)
+        peer.proj.weight.copy_(m.out_proj.weight)
+        peer.proj.bias.copy_(m.out_proj.bias)
+    return m, peer
+
+
+def import_natten():
+    natten = pytest.importorskip("natten")
+    if not hasattr(natten, "NeighborhoodAttention1D"):
+        pytest.skip("natten without NeighborhoodAttention1D")
+    return natten
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("n,k,r", NATTEN_CASES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_parity_with_natten_1d(n, k, r, causal):
+    """Same weights, float32: even windows, dilation with unequal groups, shifted borders."""
+    natten = import_natten()
+    m, peer = natten_pair(natten, window_size=k, dilation=r, causal=causal)
+    x = torch.randn(2, n, D, generator=torch.Generator().manual_seed(n))
+    with torch.no_grad():
+        assert (m(x) - peer(x)).abs().max() < 2e-6
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("k,r", [((3, 3), (1, 1)), ((5, 3), (1, 2))])
+def test_parity_with_natten_2d(k, r):
+    natten = import_natten()
+    Hh, Ww = 5, 6
+    m, peer = natten_pair(natten, image_size=(Hh, Ww), window_size=k, dilation=r)
+    x = torch.randn(2, Hh * Ww, D, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = peer(x.view(2, Hh, Ww, D)).reshape(2, Hh * Ww, D)
+        assert (m(x) - ref).abs().max() < 2e-6
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("causal", [False, True])
+def test_padded_rows_equal_natten_on_the_unpadded_sequence(causal):
+    """NATTEN has no padding mask; a padded row here equals NATTEN on the real tokens alone."""
+    natten = import_natten()
+    m, peer = natten_pair(natten, window_size=5, dilation=2, causal=causal)
+    x = torch.randn(3, 16, D, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    mask[0, 12:] = False
+    mask[1, :4] = False
+    mask[2, [3, 8, 9]] = False
+    with torch.no_grad():
+        y = m(x, attention_mask=mask)
+        for b in range(3):
+            assert (y[b, mask[b]] - peer(x[b : b + 1, mask[b]])[0]).abs().max() < 2e-6

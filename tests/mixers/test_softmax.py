@@ -171,3 +171,55 @@ def test_capabilities_and_bad_options():
         m.step(torch.randn(2, D, dtype=torch.float64), {"k": None})
     with pytest.raises(ValueError, match="batch"):
         m.step(torch.randn(3, D, dtype=torch.float64), m.init_state(2))
+
+
+# ------------------------------------------------ parity with torch.nn.MultiheadAttention
+def paired_mha(causal: bool) -> tuple[SoftmaxAttention, torch.nn.MultiheadAttention]:
+    """Our mixer and ``torch.nn.MultiheadAttention`` holding the same weights (float64).
+
+    MHA keeps q, k, v stacked in ``in_proj_weight`` / ``in_proj_bias`` (rows q, k, v).
+    """
+    m = build(causal)
+    peer = torch.nn.MultiheadAttention(D, H, bias=True, batch_first=True).double().eval()
+    with torch.no_grad():
+        peer.in_proj_weight.copy_(torch.cat([m.q_proj.weight, m.k_proj.weight, m.v_proj.weight]))
+        peer.in_proj_bias.copy_(torch.cat([m.q_proj.bias, m.k_proj.bias, m.v_proj.bias]))
+        peer.out_proj.weight.copy_(m.out_proj.weight)
+        peer.out_proj.bias.copy_(m.out_proj.bias)
+    return m, peer
+
+
+def mha(peer: torch.nn.MultiheadAttention, x: torch.Tensor, causal: bool, mask: torch.Tensor | None = None):
+    """MHA self-attention: causal through a boolean ``attn_mask`` (True = not allowed),
+    padding through ``key_padding_mask`` (True = padded key)."""
+    n = x.shape[1]
+    attn_mask = torch.ones(n, n, dtype=torch.bool).triu(1) if causal else None
+    kpm = None if mask is None else ~mask
+    return peer(x, x, x, attn_mask=attn_mask, key_padding_mask=kpm, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_parity_with_torch_multihead_attention(causal):
+    m, peer = paired_mha(causal)
+    x = torch.randn(3, 11, D, dtype=torch.float64, requires_grad=True)
+    y, ref = m(x), mha(peer, x, causal)
+    assert (y - ref).abs().max() < 1e-12
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad((y * g).sum(), x)
+    (rx,) = torch.autograd.grad((ref * g).sum(), x)
+    assert (gx - rx).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_parity_with_torch_multihead_attention_key_padding(causal):
+    """Right and left padding through MHA's ``key_padding_mask``, compared at the real queries
+    (MHA gives NaN for a query whose every key is masked: a left-padded causal pad query)."""
+    m, peer = paired_mha(causal)
+    x = torch.randn(3, 11, D, dtype=torch.float64)
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    mask[0, 7:] = False   # right padding
+    mask[1, :4] = False   # left padding
+    mask[2, [2, 5]] = False  # interior padding
+    with torch.no_grad():
+        y, ref = m(x, attention_mask=mask), mha(peer, x, causal, mask)
+    assert (y - ref)[mask].abs().max() < 1e-12

@@ -1,0 +1,68 @@
+"""README.md's mixer table says what the registry says: it lists every built-in mixer, and
+its causal / bidirectional / padding / recurrent / linear-time columns are the capabilities
+of the default instance (``wersa.capabilities(name)``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import wersa
+from wersa.mixers.registry import mixer_class
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+HEADER = "| mixer | causal | bidirectional |"
+
+
+def mixer_table() -> dict[str, list[str]]:
+    """``{name: [causal, bidirectional, padding, recurrent, linear time, form]}`` from README.md."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(HEADER))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        assert len(cells) == 7, f"README mixer table: a row needs 7 cells: {line!r}"
+        rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def builtin_mixers() -> list[str]:
+    """Registered mixers defined in this package (a plug-in may add others)."""
+    return [n for n in wersa.list_mixers() if mixer_class(n).__module__.startswith("wersa.mixers.")]
+
+
+def yes(cell: str) -> bool:
+    if cell.startswith("yes"):
+        return True
+    assert cell == "—", f"expected 'yes...' or '—', got {cell!r}"
+    return False
+
+
+def test_table_lists_every_builtin_mixer_once():
+    rows = mixer_table()
+    assert sorted(rows) == sorted(builtin_mixers())
+    assert list(rows) == sorted(rows), "README mixer table: keep the rows in alphabetical order"
+
+
+@pytest.mark.parametrize("name", builtin_mixers())
+def test_columns_match_the_registry(name):
+    causal, bidirectional, padding, recurrent, linear, form = mixer_table()[name]
+    caps = wersa.capabilities(name)
+    assert yes(causal) == caps.causal
+    assert yes(bidirectional) == caps.bidirectional
+    expected_padding = ("—" if not caps.attention_mask
+                        else "right + left" if caps.left_padding else "right only")
+    assert padding == expected_padding
+    if not caps.recurrent:
+        assert recurrent == "—"
+    else:
+        assert recurrent == ("yes (constant state)" if caps.constant_state else "yes (KV cache)")
+    assert yes(linear) == caps.linear_time
+    if caps.quadratic_below is not None:  # linear only from a length on: the cell says from where
+        assert linear.startswith("yes, from") and f"{caps.quadratic_below:,}" in linear
+    else:
+        assert linear in ("yes", "—")
+    assert form, f"README mixer table: say which form {name!r} builds"
