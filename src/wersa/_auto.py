@@ -65,7 +65,7 @@ def _run(name: str) -> None:
 class _Loader:  # duck-typed importlib Loader (importlib.abc costs an import at `import wersa`)
     """Runs the real loader, then the registration step for that module."""
 
-    def __init__(self, loader: importlib.abc.Loader, name: str):
+    def __init__(self, loader, name: str):  # loader: the real importlib Loader
         self.loader, self.name = loader, name
 
     def __getattr__(self, attr):  # get_code, is_package, get_resource_reader, ...

@@ -9,7 +9,8 @@ import pytest
 from wersa.bench.presets import get_preset
 from wersa.bench.report import make_report
 from wersa.bench.results import append_result, cell_key, finished_keys, read_results
-from wersa.bench.train import TrainConfig, lr_at, macro_auc
+from wersa.bench.evaluation import macro_auc
+from wersa.bench.train import TrainConfig, lr_at
 
 
 def test_cell_key_is_order_independent_and_sensitive():

@@ -40,7 +40,7 @@ def step_cost(spec: dict[str, Any]) -> dict[str, Any]:
     from . import adapters
     from .flops import forward_and_step_flops
     from .memory import PeakMemory
-    from .train import TrainConfig, _batches, lr_at, seed_everything
+    from .train import TrainConfig, _batches, optimiser_step, seed_everything
 
     cfg = TrainConfig.from_dict(spec["config"])
     warmup, repeats = int(spec.get("warmup", 2)), int(spec.get("repeats", MIN_REPEATS))
@@ -62,14 +62,7 @@ def step_cost(spec: dict[str, Any]) -> dict[str, Any]:
     for step in range(warmup + repeats):
         batch = next(batches)
         t0, c0 = time.perf_counter(), time.process_time()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss = adapters.model_output(model(**batch), "loss")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        optimiser_step(model, model, opt, batch, step, cfg)
         if step >= warmup:
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)

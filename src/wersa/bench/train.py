@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import adapters
 from .checkpoint import CheckpointStore, atomic_torch_save, rng_states, set_rng_states
 from .env import environment
-from .evaluation import evaluate, macro_auc, selection_score  # noqa: F401  (macro_auc re-exported)
+from .evaluation import evaluate, selection_score
 from .flops import forward_and_step_flops
 from .memory import PeakMemory
 
@@ -142,6 +142,21 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     span = max(1, cfg.max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def optimiser_step(net: torch.nn.Module, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                   batch: dict[str, torch.Tensor], step: int, cfg: TrainConfig) -> torch.Tensor:
+    """One optimiser step of the recipe: scheduled learning rate, loss, backward, clipping,
+    update. ``net`` runs the batch (``model`` itself, or its DDP wrapper). Returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    loss = adapters.model_output(net(**batch), "loss")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss
 
 
 class _Dist:
@@ -410,14 +425,7 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         gbs, n_tok = batch["input_ids"].shape
         batch = _to({k: v[lo:lo + local_bs] for k, v in batch.items()}, device)
         t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(steps, cfg)
-        loss = adapters.model_output(net(**batch), "loss")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = optimiser_step(net, model, opt, batch, steps, cfg)
         _sync(device)
         step_times.append(time.perf_counter() - t0)
         lv = float(loss.detach())

@@ -127,7 +127,7 @@ class LinformerAttention(Mixer):
     def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """x: ``(B, N, D)``; mask: ``(B, N)`` bool or None -> ``(B, N, D)``."""
         batch, n, dim = x.shape
-        h, d = self.num_heads, self.head_dim
+        h = self.num_heads
         q = self.q_proj(x)
         keys = self.k_proj(x)
         values = self.v_proj(x)

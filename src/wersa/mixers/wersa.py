@@ -61,13 +61,7 @@ from ..ops.feature_maps import (
     softmax_kernel_features,
 )
 from ..ops.haar import block_mean, haar_filter, haar_filter_lean, padded_length
-from ..ops.linear_attention import (
-    LinearAttentionState,
-    causal_linear_attention,
-    linear_attention,
-    linear_attention_init_state,
-    linear_attention_step,
-)
+from ..ops.linear_attention import causal_linear_attention, linear_attention, linear_attention_init_state
 from ..ops.softmax_attention import softmax_attention_reference
 from .base import Capabilities, Mixer
 from .random_features import RandomFeatureMixin, check_random_feature_options
