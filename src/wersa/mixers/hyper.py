@@ -66,6 +66,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from ..ops.heads import compute_dtype
 from ..ops.softmax_attention import merge_attention, softmax_attention_reference
 from .base import Capabilities, Mixer
 from .registry import register_mixer
@@ -359,8 +360,7 @@ class HyperAttention(Mixer):
         Bsz, n, _ = x.shape
         dtype = x.dtype
         q, k, v = self.qkv(x).reshape(Bsz, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if dtype in (torch.float16, torch.bfloat16):  # softmax sums in float32
-            q, k, v = q.float(), k.float(), v.float()
+        q, k, v = (t.to(compute_dtype(dtype)) for t in (q, k, v))  # softmax sums in float32
         if self.regime(n) == "exact":
             y = softmax_attention_reference(q, k, v, causal=self.causal, key_mask=mask)
         elif mask is None:

@@ -78,6 +78,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.compaction import compaction, gather_tokens
+from ..ops.heads import compute_dtype
 from ..ops.linear_attention import causal_linear_attention
 from .base import Capabilities, Mixer
 from .registry import register_mixer
@@ -95,7 +96,7 @@ def l2vit_linear_attention(
     if causal:
         num = causal_linear_attention(q, k, v, normalize=False, chunk_size=chunk_size)
         # A bf16 running sum over a long sequence loses most of its mantissa; sum in fp32.
-        acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        acc = compute_dtype(q.dtype)
         den = (q.to(acc) * torch.cumsum(k, dim=2, dtype=acc)).sum(-1, keepdim=True).to(q.dtype)
     else:
         num = q @ (k.transpose(-1, -2) @ v)

@@ -63,6 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.compaction import compaction, gather_tokens
+from ..ops.heads import compute_dtype
 from .base import Capabilities, Mixer
 from .registry import register_mixer
 
@@ -119,8 +120,7 @@ def windowed_attention(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, valid: Tens
     kw = k.reshape(B * N, H, d).index_select(0, flat).view(B, N, w, H, d)
     vw = v.reshape(B * N, H, d).index_select(0, flat).view(B, N, w, H, d)
     scores = torch.einsum("bnhd,bnwhd->bnhw", q * (d ** -0.5), kw)
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        scores = scores.float()
+    scores = scores.to(compute_dtype(scores.dtype))
     weights = scores.masked_fill(~valid.unsqueeze(2), float("-inf")).softmax(-1).to(v.dtype)
     return torch.einsum("bnhw,bnwhd->bnhd", weights, vw)
 
@@ -251,8 +251,7 @@ class NeighborhoodAttention(Mixer):
         # Keys i - r*m, m < k, that exist (i - r*m >= 0, i = count).
         valid = (back % r == 0) & (back[None, :] <= state["count"][:, None])  # (B, span)
         scores = torch.einsum("bhd,bhsd->bhs", q * (self.head_dim ** -0.5), kb)
-        if scores.dtype in (torch.float16, torch.bfloat16):
-            scores = scores.float()
+        scores = scores.to(compute_dtype(scores.dtype))
         weights = scores.masked_fill(~valid.unsqueeze(1), float("-inf")).softmax(-1).to(vb.dtype)
         o = torch.einsum("bhs,bhsd->bhd", weights, vb)
         y = self.out_proj(o.reshape(o.shape[0], self.dim))

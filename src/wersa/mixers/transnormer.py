@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.compaction import compaction, gather_tokens
+from ..ops.heads import compute_dtype
 from ..ops.linear_attention import (
     LinearAttentionState,
     causal_linear_attention,
@@ -134,7 +135,7 @@ def diag_attention(
     # and a row with no allowed key would make a NaN softmax (and NaN gradients).
     allowed = allowed | ~realb.unsqueeze(-1)
     if softmax:
-        s = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+        s = scores.to(compute_dtype(scores.dtype))
         weights = s.masked_fill(~allowed, float("-inf")).softmax(dim=-1).to(vb.dtype)
     else:
         weights = torch.relu(scores) * allowed.to(scores.dtype)
@@ -282,7 +283,7 @@ class TransNormer(Mixer):
         valid = (ar[None, :] <= slot[:, None]).view(-1, 1, w)  # slots of the current block
         scores = torch.einsum("bhd,bhwd->bhw", q * (self.head_dim ** -0.5), kb)
         if self.variant == "t2":
-            s = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+            s = scores.to(compute_dtype(scores.dtype))
             weights = s.masked_fill(~valid, float("-inf")).softmax(-1).to(vb.dtype)
         else:
             weights = torch.relu(scores) * valid.to(scores.dtype)

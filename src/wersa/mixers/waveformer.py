@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 from ..ops.compaction import compaction, gather_tokens
 from ..ops.haar import haar_dwt, haar_idwt, padded_length
+from ..ops.heads import compute_dtype
 from ..ops.wavelets import dwt_lengths, wavelet_dwt, wavelet_filter, wavelet_idwt
 from .base import Capabilities, Mixer
 from .registry import build_mixer, mixer_options, register_mixer
@@ -231,7 +232,7 @@ class Waveformer(Mixer):
             real = torch.arange(n, device=x.device)[None, :] < comp.lengths[:, None]
             x = x * real.unsqueeze(-1).to(x.dtype)  # zeros beyond the real length: the zero extension
         # The transform runs in float32 for half inputs; each band attention in the input dtype.
-        td = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        td = compute_dtype(x.dtype)
         h = self._filter(x.device, td)
         coeffs = wavelet_dwt(x.to(td), h, self.levels)
         band_lengths = None

@@ -61,6 +61,7 @@ from ..ops.feature_maps import (
     softmax_kernel_features,
 )
 from ..ops.haar import block_mean, haar_filter, haar_filter_lean, padded_length
+from ..ops.heads import compute_dtype
 from ..ops.linear_attention import causal_linear_attention, linear_attention, linear_attention_init_state
 from ..ops.softmax_attention import softmax_attention_reference
 from .base import Capabilities, Mixer
@@ -240,7 +241,7 @@ class WERSA(RandomFeatureMixin, Mixer):
         """``(B, H, N, d) -> (B, H, N, m)`` (or ``(B, H, d) -> (B, H, m)``), computed in >= fp32."""
         if t.dim() == 3:  # one token per sequence: (B, H, d)
             return self._features(t.unsqueeze(2), is_query).squeeze(2)
-        work = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+        work = t.to(compute_dtype(t.dtype))
         omega = self.omega.to(work.dtype)
         b = self.bandwidth.to(work.dtype).view(-1, 1, 1)
         work = F.normalize(work, dim=-1, eps=_NORM_EPS) / b
@@ -322,7 +323,7 @@ class WERSA(RandomFeatureMixin, Mixer):
         """:meth:`attend` for a right-padded ``mask`` (or ``None``)."""
         q, k, v = self._filtered_qkv(x, mask)
         if self._use_lean_core():
-            work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+            work = compute_dtype(q.dtype)
             y = favor_attention(q.to(work), k.to(work), v.to(work), self.omega, self.bandwidth.to(work),
                                 causal=self.causal, key_mask=mask, eps=self.eps, chunk_size=self.chunk_size,
                                 block_size=self.block_size, key_shift=self._key_shift(work))
@@ -341,7 +342,7 @@ class WERSA(RandomFeatureMixin, Mixer):
 
     # --------------------------------------------------------------- recurrent
     def _init_state(self, batch_size: int, device, dtype) -> dict[str, Tensor]:
-        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        work = compute_dtype(dtype)
         hist = 2 ** self.levels - 1
         la = linear_attention_init_state(batch_size, self.num_heads, self.num_features, self.head_dim,
                                          device=device, dtype=work)
@@ -386,7 +387,7 @@ class WERSA(RandomFeatureMixin, Mixer):
         feature map together (one ``(B, 2, H, ., d)`` tensor), so the per-token work is a
         handful of small GEMMs and elementwise ops, whatever the context length."""
         b, H, d = x_t.shape[0], self.num_heads, self.head_dim
-        work = torch.float32 if x_t.dtype in (torch.float16, torch.bfloat16) else x_t.dtype
+        work = compute_dtype(x_t.dtype)
         omega_t, half_inv_b2, key_offset, log_scale, weights = self._step_constants(work)
         qkv = self.qkv(x_t).view(b, 3, H, d)
         qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, d), (B, H, d)
@@ -442,7 +443,7 @@ class WERSA(RandomFeatureMixin, Mixer):
         xm = x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
         q, k, v = self._filtered_qkv(x, mask)
         if self._use_lean_core() and not torch.is_grad_enabled():
-            work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+            work = compute_dtype(q.dtype)
             y, la = favor_attention_with_state(q.to(work), k.to(work), v.to(work), self.omega,
                                                self.bandwidth.to(work), key_mask=mask, eps=self.eps,
                                                chunk_size=self.chunk_size, block_size=self.block_size,

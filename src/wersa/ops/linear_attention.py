@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .heads import compute_dtype
+
 
 class LinearAttentionState(NamedTuple):
     """Running sums of a causal linear attention.
@@ -110,7 +112,7 @@ def causal_linear_attention(
     # Across chunks: the state before chunk j is the sum of the states of chunks < j.
     chunk_kv = k_c.transpose(-1, -2) @ v_c  # (B, H, C, m, e)
     # Running sums over long sequences lose precision in half types: accumulate in fp32.
-    acc = torch.float32 if chunk_kv.dtype in (torch.float16, torch.bfloat16) else chunk_kv.dtype
+    acc = compute_dtype(chunk_kv.dtype)
     prefix = torch.cumsum(chunk_kv, dim=2, dtype=acc)
     before = torch.cat([torch.zeros_like(prefix[:, :, :1]), prefix[:, :, :-1]], dim=2).to(chunk_kv.dtype)
     if initial_state is not None:
