@@ -43,9 +43,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .heads import compute_dtype
 
 
 def _check(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[int, int, int, int, int]:
@@ -162,7 +160,7 @@ def selective_scan(
     for opt, val in (("chunk_size", chunk_size), ("block_size", block_size)):
         if not isinstance(val, int) or val <= 0:
             raise ValueError(f"selective_scan: {opt} must be a positive integer, got {val!r}")
-    cd = _compute_dtype(u.dtype)
+    cd = compute_dtype(u.dtype)
     uf, df, Af, Bf, Cf = (t.to(cd) for t in (u, delta, A, B, C))
     h = (torch.zeros(b, Dm, N, device=u.device, dtype=cd) if initial_state is None
          else initial_state.to(cd))
@@ -189,7 +187,7 @@ def selective_scan_reference(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Token-by-token loop of the recurrence (the oracle); same arguments as :func:`selective_scan`."""
     b, L, Dm, N, G = _check(u, delta, A, B, C)
-    cd = _compute_dtype(u.dtype)
+    cd = compute_dtype(u.dtype)
     uf, df, Af, Bf, Cf = (t.to(cd) for t in (u, delta, A, B, C))
     h = (torch.zeros(b, Dm, N, device=u.device, dtype=cd) if initial_state is None
          else initial_state.to(cd))
@@ -212,7 +210,7 @@ def selective_scan_step(
 
     Returns ``((b, Dm) in u_t.dtype, new state)``.
     """
-    cd = _compute_dtype(u_t.dtype)
+    cd = compute_dtype(u_t.dtype)
     Dm = u_t.shape[-1]
     uf, df = u_t.to(cd), delta_t.to(cd)
     Bt = _expand_groups(B_t.to(cd).unsqueeze(1), Dm)[:, 0]
