@@ -203,7 +203,8 @@ def _setup_line(records: list[dict[str, Any]]) -> str:
     parts = []
     layers, hidden = _span(m.get("num_hidden_layers") for m in models), _span(m.get("hidden_size") for m in models)
     if layers and hidden:
-        parts.append(f"a {layers}-layer model of width {hidden}")
+        heads = _span(m.get("num_attention_heads") for m in models)
+        parts.append(f"a {layers}-layer model of width {hidden}" + (f" with {heads} heads" if heads else ""))
     batch = _span(c.get("batch_size") for c in cfgs)
     if batch:
         parts.append(f"batch {batch}")
@@ -219,14 +220,14 @@ def _setup_line(records: list[dict[str, Any]]) -> str:
     seeds = _span(len({r.get("seed") for r in recs if _label(r) == lab and r["mixer"] == m})
                   for lab, m in {(_label(r), r["mixer"]) for r in recs})
     if seeds:
-        parts.append(f"{seeds} seed(s) per row")
+        parts.append(f"{seeds} seed{'' if seeds == '1' else 's'} per row")
     machine = []
     cores = _span(r.get("cpu_count") for r in recs)
     if cores:
         machine.append(f"{cores} cores")
     threads = _span(r.get("threads") for r in recs)
     if threads:
-        machine.append(f"{threads} thread(s) per cell")
+        machine.append(f"{threads} thread{'' if threads == '1' else 's'} per cell")
     loads = [x for r in recs for x in (r.get("load_start"), r.get("load_end")) if x is not None]
     if loads:
         machine.append(f"load average {min(loads):.1f}–{max(loads):.1f}")
@@ -245,7 +246,8 @@ below, one row per mixer. {setup}
 **Columns.** `accuracy %`: mean over seeds (± the spread across seeds when there are
 several), then the 95% interval [low, high] and n = seeds; with one seed the interval is
 only the test set's sampling error, not the seed-to-seed spread. `AUC`: macro
-one-vs-rest ROC AUC (0.5 = chance). `majority %`: the accuracy of always answering the
+one-vs-rest ROC AUC (0.5 = chance; an AUC well above 0.5 beside an accuracy at the
+majority means the model ranks examples but still answers one class). `majority %`: the accuracy of always answering the
 training split's most frequent class; `chance %`: 1 / classes ("—": not recorded). For
 language modelling `bits per byte` (lower is better) stands beside `unigram bpb`, the
 bits per byte of the training text's byte frequencies. `steps`: optimiser steps actually
@@ -421,11 +423,15 @@ def _plot_panels(panels: list[dict[str, Any]], path: Path, xlabel: str, loglog: 
             pts = sorted(pts)
             main = name == "wersa"
             marker, colour = style[name]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="-" if connect else "none", marker=marker,
-                    color=colour, linewidth=2.6 if main else 1.3, markersize=7 if main else 5,
-                    zorder=3 if main else 2, label=name)
-        for y, label, line in panel.get("hlines", []):
-            ax.axhline(y, color="tab:red" if line == "--" else "grey", linestyle=line, linewidth=1.2, label=label)
+            # Points may carry their interval, (x, y, low, high): drawn as an error bar.
+            err = None
+            if all(len(p) == 4 and not math.isnan(p[2]) for p in pts):
+                err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, linestyle="-" if connect else "none",
+                        marker=marker, color=colour, linewidth=2.6 if main else 1.3, markersize=7 if main else 5,
+                        elinewidth=1, capsize=3, zorder=3 if main else 2, label=name)
+        for y, label, line in panel.get("hlines", []):  # baselines: greys, never a mixer's colour
+            ax.axhline(y, color="#333333" if line == "--" else "#999999", linestyle=line, linewidth=1.2, label=label)
         if loglog:
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
@@ -454,20 +460,19 @@ def _plot_lines(rows, x: str, y: str, path: Path, xlabel: str, ylabel: str, titl
     return _plot_panels([{"title": title, "ylabel": ylabel, "series": series}], path, xlabel, loglog, True)
 
 
-def _score(row: dict[str, Any]) -> tuple[str, float | None, list[tuple[float, str, str]]]:
-    """What a row's panel plots: (axis label, value, baselines as (y, label, line style))."""
+def _score(row: dict[str, Any]) -> tuple[str, dict[str, Any] | None, list[tuple[float, str, str]]]:
+    """What a row's panel plots: (axis label, :func:`mean_ci` value, baselines as (y, label, line style))."""
     if row.get("bpb_ci"):
         base = [(row["unigram_bpb"], "unigram", "--")] if row.get("unigram_bpb") is not None else []
-        return "bits per byte (lower is better)", row["bpb_ci"]["mean"], base
+        return "bits per byte (lower is better)", row["bpb_ci"], base
     base = []
     if row.get("majority") is not None:
         base.append((row["majority"], "majority", "--"))
     if row.get("chance") is not None:
         base.append((row["chance"], "chance", ":"))
     if row.get("token_accuracy_ci") and not row.get("accuracy_ci"):
-        return "recall / next-token accuracy", row["token_accuracy_ci"]["mean"], base
-    acc = row.get("accuracy_ci")
-    return "accuracy", (acc["mean"] if acc else None), base
+        return "recall / next-token accuracy", row["token_accuracy_ci"], base
+    return "accuracy", row.get("accuracy_ci"), base
 
 
 def _training_plots(trows: list[dict[str, Any]], out_dir: Path) -> dict[str, list[str]]:
@@ -486,7 +491,7 @@ def _training_plots(trows: list[dict[str, Any]], out_dir: Path) -> dict[str, lis
             for h in base:
                 hlines.setdefault(h[1], h)
             if y is not None and r.get("train_time_s"):
-                series[r["mixer"]].append((r["train_time_s"][0], y))
+                series[r["mixer"]].append((r["train_time_s"][0], y["mean"], y["lo"], y["hi"]))
         panels.append({"title": label, "ylabel": ylabel, "series": series, "hlines": list(hlines.values())})
     if _plot_panels(panels, out_dir / "accuracy_vs_time.png", "training time (s)", False, False):
         drawn["accuracy_vs_time.png"] = [p["title"] for p in panels if any(p["series"].values())]
@@ -505,7 +510,8 @@ def _training_plots(trows: list[dict[str, Any]], out_dir: Path) -> dict[str, lis
                 if r["task_name"] != task or r.get("length") is None:
                     continue
                 if field is None:
-                    label, y, _ = _score(r)
+                    label, ci, _ = _score(r)
+                    y = ci["mean"] if ci else None
                 else:
                     y = r[field][0] if r.get(field) else None
                 if y is not None:
@@ -543,8 +549,8 @@ def make_report(results: str | Path, out_dir: str | Path, title: str | None = No
     if trows:
         md += ["## How to read this", "", HOW_TO_READ.format(setup=_setup_line(records)), ""]
         if recomputed:
-            md += [f"The majority-class baselines of {recomputed} record(s) were recomputed from their tasks "
-                   f"(the records predate recorded baselines).", ""]
+            md += [f"The majority-class baselines of {recomputed} record(s) were recomputed from their tasks, on "
+                   f"the examples each cell scored (the records predate recorded baselines).", ""]
     warnings = format_warnings(_with_run_fields(r) for r in latest_by_key(records))
     md += ["## Warnings", ""]
     if warnings:
@@ -575,7 +581,10 @@ def make_report(results: str | Path, out_dir: str | Path, title: str | None = No
             md += ["## Plots", ""]
         for name, titles in written["panels"].items():
             written["files"].append(str(out_dir / name))
-            md.append(f"![{name[:-4].replace('_', ' ')}: one panel per task ({', '.join(titles)})]({name})")
+            what = name[:-4].replace("_", " ")
+            if name == "accuracy_vs_time.png":
+                what += " (bars: 95% intervals; dashed: majority class; dotted: chance)"
+            md.append(f"![{what}, one panel per task: {', '.join(titles)}]({name})")
         md.append("")
     srows = scale_rows(records)
     if srows:
