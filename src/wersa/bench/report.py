@@ -550,7 +550,8 @@ def make_report(results: str | Path, out_dir: str | Path, title: str | None = No
         md += ["## How to read this", "", HOW_TO_READ.format(setup=_setup_line(records)), ""]
         if recomputed:
             md += [f"The majority-class baselines of {recomputed} record(s) were recomputed from their tasks, on "
-                   f"the examples each cell scored (the records predate recorded baselines).", ""]
+                   f"the examples each cell scored (the records predate recorded baselines; "
+                   f"`wersa.bench.report.make_report(..., recompute_baselines=True)`).", ""]
     warnings = format_warnings(_with_run_fields(r) for r in latest_by_key(records))
     md += ["## Warnings", ""]
     if warnings:
