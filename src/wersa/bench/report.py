@@ -1,10 +1,17 @@
 """``wersa report``: Markdown and CSV tables and PNG plots from a results file.
 
-Training cells (``wersa bench``) give one row per (task, mixer): mean ± std over
-seeds of accuracy, macro AUC (or bits per byte), training time, time per step,
-FLOPs per forward and per training step, peak memory, parameters, and the status
-("OOM" when any seed ran out of memory, "timeout", "error", "skipped").
+Training cells (``wersa bench``): ``report.md`` opens with how to read it (what a cell
+is, what the columns mean, which numbers to trust, where costs come from) and the
+warnings (:func:`~wersa.bench.results.format_warnings`: cells stopped by their time
+budget, cells run under load above the core count), then one table per task: per
+mixer the steps run, accuracy (mean ± std over seeds, 95% interval), AUC, the
+majority-class and chance baselines, a verdict (noise / above baseline, from
+:func:`study_rows`), time per step, peak memory and FLOPs per training step. Rows
+with warnings are marked ⚠. ``train.csv`` keeps every column; ``accuracy_vs_time.png``
+has one panel per task with its baselines as horizontal lines; ``*_vs_length.png``
+only exist for tasks run at several lengths (one panel each).
 Scaling records (``wersa scale``) give one row per (mixer, length).
+Accuracy-study records (with validation scores) add ``study.md`` (:func:`make_study_report`).
 """
 
 from __future__ import annotations
