@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/wersa bench --preset quick --out runs/quick.jsonl --report-dir runs/quick-report "$@"
-echo "table: runs/quick-report/report.md"
+echo "report: runs/quick-report/report.md (it opens with how to read it and any warnings)"

@@ -91,7 +91,7 @@ def test_report_tables_and_plots(tmp_path):
         append_result(path, rec)
     rep = make_report(path, tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "0.5 ± 0.14" in md  # accuracy mean ± std over two seeds
+    assert "| 50 ± 14 [" in md  # accuracy % mean ± std over two seeds, then the interval
     assert "| OOM |" in md
     for name in ("train.csv", "scale.csv", "accuracy_vs_length.png", "time_vs_length.png", "memory_vs_length.png",
                  "accuracy_vs_time.png", "scale_time.png"):

@@ -1,10 +1,17 @@
 """``wersa report``: Markdown and CSV tables and PNG plots from a results file.
 
-Training cells (``wersa bench``) give one row per (task, mixer): mean ± std over
-seeds of accuracy, macro AUC (or bits per byte), training time, time per step,
-FLOPs per forward and per training step, peak memory, parameters, and the status
-("OOM" when any seed ran out of memory, "timeout", "error", "skipped").
+Training cells (``wersa bench``): ``report.md`` opens with how to read it (what a cell
+is, what the columns mean, which numbers to trust, where costs come from) and the
+warnings (:func:`~wersa.bench.results.format_warnings`: cells stopped by their time
+budget, cells run under load above the core count), then one table per task: per
+mixer the steps run, accuracy (mean ± std over seeds, 95% interval), AUC, the
+majority-class and chance baselines, a verdict (noise / above baseline, from
+:func:`study_rows`), time per step, peak memory and FLOPs per training step. Rows
+with warnings are marked ⚠. ``train.csv`` keeps every column; ``accuracy_vs_time.png``
+has one panel per task with its baselines as horizontal lines; ``*_vs_length.png``
+only exist for tasks run at several lengths (one panel each).
 Scaling records (``wersa scale``) give one row per (mixer, length).
+Accuracy-study records (with validation scores) add ``study.md`` (:func:`make_study_report`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from .results import latest_by_key, read_results
+from .results import cell_warnings, format_warnings, latest_by_key, read_results
 
 TRAIN_COLUMNS = ["task", "mixer", "length", "seeds", "status", "accuracy", "auc", "bpb", "train_time_s",
                  "step_time_ms", "tokens_per_s", "gflops_forward", "gflops_train_step", "peak_mem_mib",
@@ -43,13 +50,17 @@ def _status(recs: list[dict[str, Any]]) -> str:
     return "ok"
 
 
+def _label(r: dict[str, Any]) -> str:
+    return r.get("task_label") or r["task"]
+
+
 def train_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task label, mixer); numeric cells are ``(mean, std)`` over the seeds that finished."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in latest_by_key(records):
         if r.get("bench") != "train":
             continue
-        groups[(r.get("task_label") or r["task"], r["mixer"])].append(r)
+        groups[(_label(r), r["mixer"])].append(r)
     rows = []
     for (task, mixer), recs in groups.items():
         ok = [r for r in recs if r["status"] == "ok"]
@@ -58,6 +69,7 @@ def train_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             st = _stats(r.get(field) for r in ok)
             return None if st is None else (st[0] * scale, st[1] * scale)
 
+        steps = [r["steps"] for r in ok if r.get("steps") is not None]
         rows.append({
             "task": task, "mixer": mixer, "length": recs[0].get("length"),
             "seeds": len(ok), "status": _status(recs),
@@ -67,9 +79,256 @@ def train_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "gflops_forward": s("flops_forward", 1e-9), "gflops_train_step": s("flops_train_step", 1e-9),
             "peak_mem_mib": s("peak_mem_bytes", 1 / 2**20), "params": s("params"), "steps": s("steps"),
             "reason": next((r.get("error") or r.get("reason") for r in recs if r["status"] != "ok"), None),
+            "task_name": recs[0]["task"], "steps_range": (min(steps), max(steps)) if steps else None,
+            "kind": (recs[0].get("task_info") or {}).get("kind"),
         })
     rows.sort(key=lambda r: (r["length"] or 0, r["task"], r["mixer"]))
     return rows
+
+
+# ------------------------------------------------------------------ baselines and warnings
+def _config(rec: dict[str, Any]) -> dict[str, Any]:
+    return rec.get("config") or {}
+
+
+def _with_run_fields(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` with ``cpu_count`` / ``load_start`` / ``threads`` / ``stopped_by`` taken from older fields
+    where it predates them (``env.cpu_count``, ``env.load_avg``, ``env.torch_threads``, a ``timeout``
+    status), so :func:`~wersa.bench.results.cell_warnings` reads every record the same way."""
+    env = rec.get("env") or {}
+    out = dict(rec)
+    if out.get("cpu_count") is None and env.get("cpu_count"):
+        out["cpu_count"] = env["cpu_count"]
+    if out.get("load_start") is None and out.get("load_end") is None and env.get("load_avg"):
+        out["load_start"] = env["load_avg"][0]
+    if out.get("threads") is None and env.get("torch_threads"):
+        out["threads"] = env["torch_threads"]
+    if out.get("stopped_by") is None and out.get("status") == "timeout":
+        out["stopped_by"] = "time"
+    return out
+
+
+def record_warnings(rec: dict[str, Any]) -> list[str]:
+    """The warnings of one record (as :func:`~wersa.bench.results.format_warnings` finds them)."""
+    return cell_warnings(rec) or list(rec.get("warnings") or [])
+
+
+def _recomputed_majority(rec: dict[str, Any], cache: dict[str, float | None]) -> float | None:
+    """The accuracy of always answering the train split's most frequent class, on the examples the
+    cell scored (:func:`wersa.bench.evaluation.eval_indices`), from the task rebuilt with the
+    cell's options; ``None`` where the task cannot be built here."""
+    import json
+
+    import numpy as np
+
+    from . import adapters
+    from .evaluation import eval_indices
+
+    cfg = _config(rec)
+    split = rec.get("eval_split") or cfg.get("eval_split") or "test"
+    limit = cfg.get("eval_samples", rec.get("eval_samples"))
+    what = json.dumps([rec["task"], cfg.get("task_options") or {}, cfg.get("task_factory"), split, limit],
+                      sort_keys=True, default=str)
+    if what not in cache:
+        try:
+            task = adapters.build_task(rec["task"], cfg.get("task_options") or {}, cfg.get("task_factory"),
+                                       cache_dir=cfg.get("cache_dir"))
+            train = task.split("train").labels.numpy()
+            scored = task.split(split).labels.numpy()
+            idx = eval_indices(len(scored), limit, scored)
+            scored = scored if idx is None else scored[idx]
+            cache[what] = float((scored == np.bincount(train).argmax()).mean())
+        except Exception:  # noqa: BLE001 - a task not available here has no baseline: shown as unknown
+            cache[what] = None
+    return cache[what]
+
+
+def with_baselines(records: list[dict[str, Any]], recompute: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """Records with the classification baselines filled in where they predate them.
+
+    ``chance_accuracy`` (1 / classes) comes from the record's ``task_info``. With ``recompute``,
+    a missing ``majority_accuracy`` is recomputed from the task (it builds the task's data:
+    seconds for small generated tasks, longer for others); without it, it stays unknown.
+    Returns the records and how many got a recomputed majority baseline.
+    """
+    out, cache, n = [], {}, 0
+    for rec in records:
+        clf = rec.get("bench") == "train" and rec.get("status") == "ok" and rec.get("accuracy") is not None
+        if clf and (rec.get("chance_accuracy") is None or rec.get("majority_accuracy") is None):
+            rec = dict(rec)
+            classes = (rec.get("task_info") or {}).get("num_classes")
+            if rec.get("chance_accuracy") is None and classes:
+                rec["chance_accuracy"] = 1.0 / classes
+            if rec.get("majority_accuracy") is None and recompute:
+                rec["majority_accuracy"] = _recomputed_majority(rec, cache)
+                n += rec["majority_accuracy"] is not None
+        out.append(rec)
+    return out, n
+
+
+def _annotate(trows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """Add to each training row its accuracy interval, baselines, verdict and warnings (in place)."""
+    study = {(r["label"], r["mixer"]): r for r in study_rows(records)}
+    warned: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in latest_by_key(records):
+        if r.get("bench") == "train":
+            warned[(_label(r), r["mixer"])] += record_warnings(_with_run_fields(r))
+    for row in trows:
+        st = study.get((row["task"], row["mixer"])) or {}
+        row["accuracy_ci"], row["bpb_ci"], row["token_accuracy_ci"] = (st.get("accuracy"), st.get("bpb"),
+                                                                       st.get("token_accuracy"))
+        row["kind"] = st.get("kind") or row.get("kind")
+        row["majority"], row["chance"], row["unigram_bpb"] = st.get("majority"), st.get("chance"), st.get("unigram_bpb")
+        if not st:
+            row["verdict"] = row["status"]
+        elif st.get("noise") is None:
+            row["verdict"] = None
+        else:
+            row["verdict"] = "noise" if st["noise"] else "above baseline"
+        ws = warned.get((row["task"], row["mixer"])) or []
+        row["warnings"] = "; ".join(dict.fromkeys(ws)) or None
+
+
+def _span(values: Iterable[Any], fmt=str) -> str | None:
+    """``"a"`` when every value is the same, ``"a–b"`` for a numeric range, else ``"a, b"``."""
+    vals = sorted({v for v in values if v is not None}, key=lambda v: (isinstance(v, str), v))
+    if not vals:
+        return None
+    if len(vals) == 1:
+        return fmt(vals[0])
+    if all(isinstance(v, (int, float)) for v in vals):
+        return f"{fmt(vals[0])}–{fmt(vals[-1])}"
+    return ", ".join(fmt(v) for v in vals)
+
+
+def _setup_line(records: list[dict[str, Any]]) -> str:
+    """The recipe and machine the training cells shared, from their records."""
+    recs = [_with_run_fields(r) for r in latest_by_key(records) if r.get("bench") == "train"
+            and r.get("status") != "skipped"]
+    cfgs = [_config(r) for r in recs]
+    models = [c.get("model") or {} for c in cfgs]
+    parts = []
+    layers, hidden = _span(m.get("num_hidden_layers") for m in models), _span(m.get("hidden_size") for m in models)
+    if layers and hidden:
+        heads = _span(m.get("num_attention_heads") for m in models)
+        parts.append(f"a {layers}-layer model of width {hidden}" + (f" with {heads} heads" if heads else ""))
+    batch = _span(c.get("batch_size") for c in cfgs)
+    if batch:
+        parts.append(f"batch {batch}")
+    steps = _span(c.get("max_steps") for c in cfgs)
+    secs = _span((c.get("max_time_s") for c in cfgs), lambda v: f"{v:g}")
+    if steps and secs:
+        parts.append(f"at most {steps} steps or {secs} s of training, whichever comes first")
+    elif steps:
+        parts.append(f"{steps} steps")
+    scored = _span(r.get("eval_samples") for r in recs)
+    if scored:
+        parts.append(f"{scored} test examples scored")
+    seeds = _span(len({r.get("seed") for r in recs if _label(r) == lab and r["mixer"] == m})
+                  for lab, m in {(_label(r), r["mixer"]) for r in recs})
+    if seeds:
+        parts.append(f"{seeds} seed{'' if seeds == '1' else 's'} per row")
+    machine = []
+    cores = _span(r.get("cpu_count") for r in recs)
+    if cores:
+        machine.append(f"{cores} cores")
+    threads = _span(r.get("threads") for r in recs)
+    if threads:
+        machine.append(f"{threads} thread{'' if threads == '1' else 's'} per cell")
+    loads = [x for r in recs for x in (r.get("load_start"), r.get("load_end")) if x is not None]
+    if loads:
+        machine.append(f"load average {min(loads):.1f}–{max(loads):.1f}")
+    line = ("Here: " + "; ".join(parts) + ".") if parts else ""
+    if machine:
+        line += f" Machine: {', '.join(machine)}."
+    return line.strip()
+
+
+HOW_TO_READ = """**A cell** is one training run: the same small model, with one *mixer* (the layer
+that mixes information along the sequence: softmax attention, or a linear-time replacement
+such as WERSA) swapped in, trained with one recipe on one task at one length and one seed,
+then scored on the test split (the same examples for every mixer). One table per task
+below, one row per mixer. {setup}
+
+**Columns.** `accuracy %`: mean over seeds (± the spread across seeds when there are
+several), then the 95% interval [low, high] and n = seeds; with one seed the interval is
+only the test set's sampling error, not the seed-to-seed spread. `AUC`: macro
+one-vs-rest ROC AUC (0.5 = chance; an AUC well above 0.5 beside an accuracy at the
+majority means the model ranks examples but still answers one class). `majority %`: the accuracy of always answering the
+training split's most frequent class; `chance %`: 1 / classes ("—": not recorded). For
+language modelling `bits per byte` (lower is better) stands beside `unigram bpb`, the
+bits per byte of the training text's byte frequencies. `steps`: optimiser steps actually
+run.
+
+**Which numbers to trust.** `verdict` **noise**: the interval reaches down to the majority
+baseline (or, in bits per byte, up to the unigram one): the mixer learned nothing
+measurable here, so neither rank nor compare noise rows. `above baseline`: it learned
+something; two such rows differ only where their intervals do not overlap. "—": no
+baseline recorded, so no verdict. Every cell has the same step budget and the same
+wall-time budget: a cell that ran out of time first (⚠, listed under Warnings) trained
+fewer steps, and its accuracy measures the machine's speed, not the mechanism.
+
+**Where costs come from.** `ms/step`: median wall time of one training step (forward,
+backward, optimiser) inside the cell's own process on this machine, so other work on
+the machine (⚠ load above the core count) inflates it; `peak MiB`: the memory training
+added; `GFLOP/step`: floating-point operations of one training step, counted (not timed)
+and the same on any machine. Method: docs/benchmarks.md; isolated cost measurements:
+docs/performance.md. Every column (training time, tokens/s, parameters, spreads) is in
+`train.csv`."""
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else _fmt(100 * v)
+
+
+def _metric_cell(ci: dict[str, Any] | None, pct: bool) -> str:
+    """``mean ± std [lo, hi] (n=seeds)`` (the spread only with several seeds), ``—`` when missing."""
+    if not ci:
+        return "—"
+    k = 100.0 if pct else 1.0
+    text = f"{k * ci['mean']:.3g}"
+    if ci["n"] > 1:
+        text += f" ± {k * ci['std']:.2g}"
+    if not math.isnan(ci["lo"]):
+        text += f" [{k * ci['lo']:.3g}, {k * ci['hi']:.3g}]"
+    return text + f" (n={ci['n']})"
+
+
+def _mean_cell(v: tuple[float, float] | None) -> str:
+    return "—" if v is None else _fmt(v[0])
+
+
+def task_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The Markdown table of one task's rows (annotated training rows, one per mixer)."""
+    kinds = {r.get("kind") for r in rows if r.get("accuracy_ci") or r.get("bpb_ci") or r.get("token_accuracy_ci")}
+    if any(r.get("bpb_ci") for r in rows):
+        head = ["mixer", "steps", "bits per byte", "unigram bpb", "next-byte acc %"]
+    elif "language_modeling" in kinds:
+        head = ["mixer", "steps", "recall acc %", "majority %"]
+    else:
+        head = ["mixer", "steps", "accuracy %", "AUC", "majority %", "chance %"]
+    head += ["verdict", "ms/step", "peak MiB", "GFLOP/step"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lo_hi = r.get("steps_range")
+        steps = "—" if not lo_hi else (str(lo_hi[0]) if lo_hi[0] == lo_hi[1] else f"{lo_hi[0]}–{lo_hi[1]}")
+        verdict = {"noise": "**noise**", None: "—"}.get(r.get("verdict"), r.get("verdict"))
+        cells = [r["mixer"] + (" ⚠" if r.get("warnings") else ""), steps]
+        if head[2] == "bits per byte":
+            cells += [_metric_cell(r.get("bpb_ci"), False),
+                      "—" if r.get("unigram_bpb") is None else _fmt(r["unigram_bpb"]),
+                      _metric_cell(r.get("token_accuracy_ci"), True)]
+        elif head[2] == "recall acc %":
+            cells += [_metric_cell(r.get("token_accuracy_ci"), True), _pct(r.get("majority"))]
+        else:
+            auc = r.get("auc")
+            cells += [_metric_cell(r.get("accuracy_ci"), True),
+                      "—" if auc is None else (_fmt(auc[0]) + (f" ± {auc[1]:.2g}" if auc[1] else "")),
+                      _pct(r.get("majority")), _pct(r.get("chance"))]
+        cells += [verdict, _mean_cell(r.get("step_time_ms")), _mean_cell(r.get("peak_mem_mib")),
+                  _mean_cell(r.get("gflops_train_step"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def scale_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -140,88 +399,200 @@ def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Non
             w.writerow(line)
 
 
-def _plot_lines(rows, x: str, y: str, path: Path, xlabel: str, ylabel: str, title: str, loglog: bool) -> bool:
+Series = dict[str, list[tuple[float, float]]]
+
+
+def _plot_panels(panels: list[dict[str, Any]], path: Path, xlabel: str, loglog: bool, connect: bool) -> bool:
+    """One figure, one panel per entry of ``panels`` (``title``, ``ylabel``, ``series``: mixer ->
+    [(x, y)], ``hlines``: [(y, label, style)]), each with its own legend; ``False`` if nothing to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for r in rows:
-        xv, yv = r.get(x), r.get(y)
-        xv = xv[0] if isinstance(xv, tuple) else xv
-        yv = yv[0] if isinstance(yv, tuple) else yv
-        if xv is None or yv is None:
-            continue
-        series[r["mixer"]].append((float(xv), float(yv)))
-    if not series:
+    panels = [p for p in panels if any(p["series"].values())]
+    if not panels:
         return False
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    # One distinct colour and marker per mixer (more mixers than the default 10-colour
-    # cycle); WERSA drawn on top with a heavier line so the eye finds it first.
+    # One colour and marker per mixer, the same in every panel (more mixers than the default
+    # 10-colour cycle); WERSA drawn on top with a heavier line so the eye finds it first.
     colours = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
     markers = "osD^vP*Xhp<>d"
-    for i, (name, pts) in enumerate(sorted(series.items())):
-        pts.sort()
-        main = name == "wersa"
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="-" if x != "train_time_s" else "none",
-                marker=markers[i % len(markers)], color="black" if main else colours[i % len(colours)],
-                linewidth=2.6 if main else 1.3, markersize=6 if main else 4, zorder=3 if main else 2, label=name)
-    if loglog:
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    mixers = sorted({m for p in panels for m, pts in p["series"].items() if pts})
+    style = {m: (markers[i % len(markers)], "black" if m == "wersa" else colours[i % len(colours)])
+             for i, m in enumerate(mixers)}
+    cols = min(len(panels), 2)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 4.2 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        for name, pts in sorted(panel["series"].items()):
+            if not pts:
+                continue
+            pts = sorted(pts)
+            main = name == "wersa"
+            marker, colour = style[name]
+            # Points may carry their interval, (x, y, low, high): drawn as an error bar.
+            err = None
+            if all(len(p) == 4 and not math.isnan(p[2]) for p in pts):
+                err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, linestyle="-" if connect else "none",
+                        marker=marker, color=colour, linewidth=2.6 if main else 1.3, markersize=7 if main else 5,
+                        elinewidth=1, capsize=3, zorder=3 if main else 2, label=name)
+        for y, label, line in panel.get("hlines", []):  # baselines: greys, never a mixer's colour
+            ax.axhline(y, color="#333333" if line == "--" else "#999999", linestyle=line, linewidth=1.2, label=label)
+        if loglog:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(panel["ylabel"])
+        ax.set_title(panel["title"], fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def make_report(results: str | Path, out_dir: str | Path, title: str | None = None) -> dict[str, Any]:
-    """Write ``report.md``, ``train.csv`` / ``scale.csv`` and PNG plots to ``out_dir``; returns what was written."""
+def _plot_lines(rows, x: str, y: str, path: Path, xlabel: str, ylabel: str, title: str, loglog: bool) -> bool:
+    """One panel: ``y`` against ``x`` per mixer, joined by lines."""
+    series: Series = defaultdict(list)
+    for r in rows:
+        xv, yv = r.get(x), r.get(y)
+        xv = xv[0] if isinstance(xv, tuple) else xv
+        yv = yv[0] if isinstance(yv, tuple) else yv
+        if xv is not None and yv is not None:
+            series[r["mixer"]].append((float(xv), float(yv)))
+    return _plot_panels([{"title": title, "ylabel": ylabel, "series": series}], path, xlabel, loglog, True)
+
+
+def _score(row: dict[str, Any]) -> tuple[str, dict[str, Any] | None, list[tuple[float, str, str]]]:
+    """What a row's panel plots: (axis label, :func:`mean_ci` value, baselines as (y, label, line style))."""
+    if row.get("bpb_ci"):
+        base = [(row["unigram_bpb"], "unigram", "--")] if row.get("unigram_bpb") is not None else []
+        return "bits per byte (lower is better)", row["bpb_ci"], base
+    base = []
+    if row.get("majority") is not None:
+        base.append((row["majority"], "majority", "--"))
+    if row.get("chance") is not None:
+        base.append((row["chance"], "chance", ":"))
+    if row.get("token_accuracy_ci") and not row.get("accuracy_ci"):
+        return "recall / next-token accuracy", row["token_accuracy_ci"], base
+    return "accuracy", row.get("accuracy_ci"), base
+
+
+def _training_plots(trows: list[dict[str, Any]], out_dir: Path) -> dict[str, list[str]]:
+    """``accuracy_vs_time.png``: a panel per task label (a point per mixer, baselines as horizontal lines).
+    ``*_vs_length.png``: a panel per task run at several lengths (a line per mixer joins that task's
+    lengths only); none when every task has a single length. Returns file -> panel titles."""
+    drawn: dict[str, list[str]] = {}
+    panels = []
+    for label in sorted({r["task"] for r in trows}):
+        sub = [r for r in trows if r["task"] == label]
+        series: Series = defaultdict(list)
+        hlines: dict[str, tuple[float, str, str]] = {}
+        ylabel = "accuracy"
+        for r in sub:
+            ylabel, y, base = _score(r)
+            for h in base:
+                hlines.setdefault(h[1], h)
+            if y is not None and r.get("train_time_s"):
+                series[r["mixer"]].append((r["train_time_s"][0], y["mean"], y["lo"], y["hi"]))
+        panels.append({"title": label, "ylabel": ylabel, "series": series, "hlines": list(hlines.values())})
+    if _plot_panels(panels, out_dir / "accuracy_vs_time.png", "training time (s)", False, False):
+        drawn["accuracy_vs_time.png"] = [p["title"] for p in panels if any(p["series"].values())]
+    lengths: dict[str, set] = defaultdict(set)
+    for r in trows:
+        lengths[r["task_name"]].add(r.get("length"))
+    several = sorted(t for t, ls in lengths.items() if len(ls) > 1)
+    for name, field, ylabel, loglog in (("accuracy_vs_length.png", None, None, False),
+                                        ("time_vs_length.png", "train_time_s", "training time (s)", True),
+                                        ("memory_vs_length.png", "peak_mem_mib", "peak memory (MiB)", True)):
+        panels = []
+        for task in several:
+            series = defaultdict(list)
+            label = ylabel
+            for r in trows:
+                if r["task_name"] != task or r.get("length") is None:
+                    continue
+                if field is None:
+                    label, ci, _ = _score(r)
+                    y = ci["mean"] if ci else None
+                else:
+                    y = r[field][0] if r.get(field) else None
+                if y is not None:
+                    series[r["mixer"]].append((float(r["length"]), float(y)))
+            panels.append({"title": task, "ylabel": label, "series": series})
+        if _plot_panels(panels, out_dir / name, "sequence length", loglog, True):
+            drawn[name] = [p["title"] for p in panels if any(p["series"].values())]
+    return drawn
+
+
+EXTRA_COLUMNS = ["majority", "chance", "unigram_bpb", "verdict", "warnings"]
+
+
+def make_report(results: str | Path, out_dir: str | Path, title: str | None = None,
+                recompute_baselines: bool = False) -> dict[str, Any]:
+    """Write ``report.md``, ``train.csv`` / ``scale.csv`` and PNG plots to ``out_dir``; returns what was written.
+
+    ``report.md`` opens with how to read it and the warnings (cells stopped by their time budget,
+    cells run under load above the core count), then one table per task with its baselines and a
+    verdict per row. ``recompute_baselines``: rebuild the task of records that predate the
+    majority-class baseline to compute it (:func:`with_baselines`); else it shows as unknown.
+    """
     results = Path(results)
     if not results.exists():
         raise FileNotFoundError(f"results file {results} does not exist; run `wersa bench` or `wersa scale` "
                                 f"first, or pass the path written by --out")
     records = read_results(results)
+    records, recomputed = with_baselines(records, recompute_baselines)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Any] = {"files": []}
+    written: dict[str, Any] = {"files": [], "panels": {}}
     md = [f"# {title or 'wersa benchmark results'}", "", f"From `{results}` ({len(records)} records).", ""]
     trows = train_rows(records)
+    _annotate(trows, records)
     if trows:
-        md += ["## Training cells", "",
-               "Mean ± std over the seeds that finished. Times are wall-clock on the recorded device; "
-               "peak memory is what training added (see docs/benchmarks.md). "
-               "FLOPs are per forward / per training step of one batch.", "",
-               markdown_table(trows, TRAIN_COLUMNS), ""]
-        notes = [f"- {r['mixer']} on {r['task']}: {r['status']}: {r['reason']}" for r in trows
-                 if r["status"] != "ok" and r.get("reason")]
-        if notes:
-            md += ["Not ok:", "", *(n[:300] for n in notes), ""]
-        write_csv(trows, TRAIN_COLUMNS, out_dir / "train.csv")
+        md += ["## How to read this", "", HOW_TO_READ.format(setup=_setup_line(records)), ""]
+        if recomputed:
+            md += [f"The majority-class baselines of {recomputed} record(s) were recomputed from their tasks, on "
+                   f"the examples each cell scored (the records predate recorded baselines; "
+                   f"`wersa.bench.report.make_report(..., recompute_baselines=True)`).", ""]
+    warnings = format_warnings(_with_run_fields(r) for r in latest_by_key(records))
+    md += ["## Warnings", ""]
+    if warnings:
+        md += ["These cells' numbers measure the machine as much as the mechanism (their rows are marked ⚠):", "",
+               *(f"- {w}" for w in warnings), ""]
+    else:
+        md += ["No warnings: every cell ran its planned steps, with no more load than cores.", ""]
+    if trows:
+        for label in list(dict.fromkeys(r["task"] for r in trows)):
+            sub = [r for r in trows if r["task"] == label]
+            md += [f"## {label}", ""]
+            ok = [r for r in sub if r.get("seeds")]
+            if ok:
+                bits = [f"task `{sub[0]['task_name']}`", f"length {sub[0]['length']}"]
+                base = _score(ok[0])[2]
+                bits += [f"{name} {100 * y:.3g}%" if name != "unigram" else f"unigram {y:.3g} bits per byte"
+                         for y, name, _ in base]
+                md += ["; ".join(bits) + ".", ""]
+            md += [*task_table(sub), ""]
+            notes = [f"- {r['mixer']}: {r['status']}: {r['reason']}" for r in sub
+                     if r["status"] != "ok" and r.get("reason")]
+            if notes:
+                md += ["Not ok:", "", *(n[:300] for n in notes), ""]
+        write_csv(trows, TRAIN_COLUMNS + EXTRA_COLUMNS, out_dir / "train.csv")
         written["files"].append(str(out_dir / "train.csv"))
-        lengths: dict[str, set] = defaultdict(set)
-        for r in records:
-            if r.get("bench") == "train":
-                lengths[r["task"]].add(r.get("length"))
-        # A line "vs length" only joins lengths of one task; across tasks it would join unrelated points.
-        by_length = any(len(v) > 1 for v in lengths.values()) and len(lengths) == 1
-        one_task = len(lengths) == 1
-        for name, x, y, xl, yl, ll in (
-                ("accuracy_vs_length.png", "length", "accuracy", "sequence length", "accuracy", False),
-                ("time_vs_length.png", "length", "train_time_s", "sequence length", "training time (s)", True),
-                ("memory_vs_length.png", "length", "peak_mem_mib", "sequence length", "peak memory (MiB)", True),
-                ("accuracy_vs_time.png", "train_time_s", "accuracy", "training time (s)", "accuracy", False)):
-            if not (by_length if x == "length" else one_task):
-                continue
-            if _plot_lines(trows, x, y, out_dir / name, xl, yl, name[:-4].replace("_", " "), ll):
-                written["files"].append(str(out_dir / name))
-                md.append(f"![{name[:-4]}]({name})")
+        written["panels"] = _training_plots(trows, out_dir)
+        if written["panels"]:
+            md += ["## Plots", ""]
+        for name, titles in written["panels"].items():
+            written["files"].append(str(out_dir / name))
+            what = name[:-4].replace("_", " ")
+            if name == "accuracy_vs_time.png":
+                what += " (bars: 95% intervals; dashed: majority class; dotted: chance)"
+            md.append(f"![{what}, one panel per task: {', '.join(titles)}]({name})")
         md.append("")
     srows = scale_rows(records)
     if srows:
@@ -239,13 +610,15 @@ def make_report(results: str | Path, out_dir: str | Path, title: str | None = No
     if not trows and not srows:
         md.append("No finished cells yet.")
     if any(r.get("select_score") is not None for r in records if r.get("bench") == "train"):
-        study = make_study_report(results, out_dir, title=title)
+        study = make_study_report(results, out_dir, title=title, records=records)
         written["files"] += study["files"]
         md[2:2] = ["Tables with confidence intervals, baselines and the learning rate chosen per mixer: "
                    "[study.md](study.md).", ""]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
     written["files"].insert(0, str(out_dir / "report.md"))
-    written["train_rows"], written["scale_rows"] = trows, srows
+    written["train_rows"] = written["table_rows"] = trows
+    written["scale_rows"] = srows
+    written["warnings"] = warnings
     written["markdown"] = "\n".join(md)
     return written
 
@@ -335,7 +708,7 @@ def study_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                        auc=mean_ci([r.get("auc") for r in recs]),
                        majority=recs[0].get("majority_accuracy"), chance=recs[0].get("chance_accuracy"))
             acc = row["accuracy"]
-            row["noise"] = bool(acc and row["majority"] is not None and acc["lo"] <= row["majority"])
+            row["noise"] = None if row["majority"] is None or not acc else bool(acc["lo"] <= row["majority"])
         else:
             bpb = [r.get("bpb") for r in recs]
             row.update(token_accuracy=mean_ci([r.get("token_accuracy") for r in recs], recs[0].get("eval_tokens")),
@@ -345,10 +718,10 @@ def study_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 b, u = row["bpb"], row["unigram_bpb"]
                 # One seed has no interval for bits per byte: then only the mean is compared.
                 upper = b["mean"] if b and math.isnan(b["hi"]) else (b or {}).get("hi")
-                row["noise"] = bool(b and u is not None and not upper < u)
+                row["noise"] = None if u is None or not b else bool(not upper < u)
             else:
                 ta = row["token_accuracy"]
-                row["noise"] = bool(ta and row["majority"] is not None and ta["lo"] <= row["majority"])
+                row["noise"] = None if row["majority"] is None or not ta else bool(ta["lo"] <= row["majority"])
         rows.append(row)
     rows.sort(key=lambda r: (r["task"], r["label"], r["mixer"]))
     return rows
@@ -376,7 +749,7 @@ def _family_table(rows: list[dict[str, Any]]) -> list[str]:
         head = ["task", "mixer", "lr", "recall acc %", "majority %", "ms/step", "GFLOP/step", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        verdict = "**noise**" if r.get("noise") else "above baseline"
+        verdict = {True: "**noise**", False: "above baseline"}.get(r.get("noise"), "-")
         cost = [_ci(r["step_time_ms"], 3).split(" [")[0].split(" (")[0],
                 _ci(r["gflops_train_step"], 3).split(" [")[0].split(" (")[0]]
         lr = f"{r['lr']:.0e}" if r.get("lr") else "-"
@@ -458,10 +831,14 @@ def _plot_family(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
     return True
 
 
-def make_study_report(results: str | Path, out_dir: str | Path, title: str | None = None) -> dict[str, Any]:
-    """``study.md``, ``study.csv`` and one ``study-<task>.png`` (a panel per task setting) per task family."""
+def make_study_report(results: str | Path, out_dir: str | Path, title: str | None = None,
+                      records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``study.md``, ``study.csv`` and one ``study-<task>.png`` (a panel per task setting) per task family.
+
+    ``records``: those of ``results`` already read (with :func:`with_baselines` applied)."""
     results = Path(results)
-    records = read_results(results)
+    if records is None:
+        records = with_baselines(read_results(results))[0]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = study_rows(records)
