@@ -337,11 +337,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     _check_results_file(results)
     try:
         rep = make_report(results, Path(args.out_dir or results.with_suffix("").as_posix() + "-report"),
-                          title=args.title)
+                          title=args.title, recompute_baselines=args.recompute_baselines)
     except FileNotFoundError as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(rep["markdown"])
-    print("\nwrote: " + ", ".join(rep["files"]))
+    if args.print:
+        print(rep["markdown"])
+    print("wrote: " + ", ".join(rep["files"]))
     return 0
 
 
@@ -551,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", help="results file written by bench or scale (JSON lines)")
     r.add_argument("--out-dir", help="output folder [default: <results>-report]")
     r.add_argument("--title", help="report title")
+    r.add_argument("--recompute-baselines", action="store_true",
+                   help="rebuild each task's data to fill in majority-class baselines that older records lack")
+    r.add_argument("--print", action="store_true", help="also print report.md to the terminal")
     r.set_defaults(func=cmd_report)
 
     # train
