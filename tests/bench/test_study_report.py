@@ -80,3 +80,18 @@ def test_general_report_links_the_study_and_draws_no_length_plot_for_single_leng
     assert not (out / "accuracy_vs_length.png").exists()  # every task has one length
     # Several tasks: one panel each, never one plot mixing them.
     assert rep["panels"]["accuracy_vs_time.png"] == ["ListOps-512", "MQAR-32kv", "MQAR-8kv", "Shakespeare-1k"]
+
+
+def test_tied_rates_choose_the_middle_one_as_the_sweep_does():
+    """Validation ties go to the rate the sweep tried first (the middle of the grid), in the
+    report as in the sweep, so the seeds the sweep ran are the ones the report shows."""
+    from wersa.bench.report import study_rows
+    from wersa.bench.results import middle_first
+
+    assert middle_first([3e-4, 1e-3, 3e-3]) == [1e-3, 3e-4, 3e-3]
+    base = {"bench": "train", "status": "ok", "task": "t", "mixer": "m", "accuracy": 0.5,
+            "majority_accuracy": 0.2, "chance_accuracy": 0.1, "eval_samples": 100}
+    recs = [dict(base, key=f"k{lr}", lr=lr, seed=0, select_score=0.3) for lr in (3e-4, 1e-3, 3e-3)]
+    recs += [dict(base, key=f"s{s}", lr=1e-3, seed=s, select_score=0.4) for s in (1, 2)]
+    (row,) = study_rows(recs)
+    assert row["lr"] == 1e-3 and row["accuracy"]["n"] == 3

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from .results import cell_warnings, format_warnings, latest_by_key, read_results
+from .results import cell_warnings, format_warnings, latest_by_key, middle_first, read_results
 
 TRAIN_COLUMNS = ["task", "mixer", "length", "seeds", "status", "accuracy", "auc", "bpb", "train_time_s",
                  "step_time_ms", "tokens_per_s", "gflops_forward", "gflops_train_step", "peak_mem_mib",
@@ -668,6 +668,10 @@ def mean_ci(values: list[float], binomial_n: int | None = None) -> dict[str, Any
     return {"mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "n": n}
 
 
+def _lr_of(record: dict[str, Any]) -> float | None:
+    return record.get("lr", record.get("config", {}).get("lr"))
+
+
 def _chosen_records(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
     """(task, label, mixer) -> the finished records at that mixer's chosen learning rate.
 
@@ -682,9 +686,11 @@ def _chosen_records(records: list[dict[str, Any]]) -> dict[tuple[str, str, str],
         first = min(r["seed"] for r in recs)
         tuned = [r for r in recs if r["seed"] == first and r.get("select_score") is not None]
         if tuned:
-            best = max(tuned, key=lambda r: (r["select_score"], -abs(math.log(r.get("lr") or 1.0))))
-            lr = best.get("lr", best.get("config", {}).get("lr"))
-            out[key] = [r for r in recs if r.get("lr", r.get("config", {}).get("lr")) == lr]
+            # Ties go to the rate the sweep tried first (the middle of the grid), as the sweep does.
+            order = middle_first(sorted({_lr_of(r) for r in tuned}))
+            best = max(tuned, key=lambda r: (r["select_score"], -order.index(_lr_of(r))))
+            lr = _lr_of(best)
+            out[key] = [r for r in recs if _lr_of(r) == lr]
         else:
             out[key] = recs
     return out

@@ -195,3 +195,12 @@ def format_warnings(records: Iterable[dict[str, Any]]) -> list[str]:
             what.append(f"seed {rec['seed']}")
         lines.append(f"{' / '.join(what) or rec.get('key', 'cell')}: {'; '.join(found)}")
     return lines
+
+
+def middle_first(values: list) -> list:
+    """``values`` with the middle one first, then the rest in order: the order in which a
+    learning-rate grid is tried, and the tie-break when two rates validate equally (the
+    sweep and the report choose the same rate)."""
+    values = list(values)
+    mid = len(values) // 2
+    return values[mid:mid + 1] + values[:mid] + values[mid + 1:]

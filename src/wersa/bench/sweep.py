@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import adapters
 from .cell import run_cell
-from .results import append_result, cell_key, finished_keys, read_results
+from .results import append_result, cell_key, finished_keys, middle_first, read_results
 from .train import TrainConfig
 
 # Config fields that say how/where to run, not what is measured: not in the cell key.
@@ -86,9 +86,7 @@ def _cell(sweep: Sweep, entry: TaskEntry, mixer: str, seed: int, lr: float | Non
 
 def _grid(sweep: Sweep, entry: TaskEntry) -> list[float]:
     """The learning rates tried for ``entry``, middle first (a partial run has every mixer at a middle rate)."""
-    grid = list(sweep.lr_grid if entry.lr_grid is None else entry.lr_grid)
-    mid = len(grid) // 2
-    return grid[mid:mid + 1] + grid[:mid] + grid[mid + 1:]
+    return middle_first(sweep.lr_grid if entry.lr_grid is None else entry.lr_grid)
 
 
 def chosen_lr(sweep: Sweep, entry: TaskEntry, mixer: str, records: list[dict[str, Any]]) -> float | None:
