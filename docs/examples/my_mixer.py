@@ -118,25 +118,16 @@ class LinearTransformer(wersa.Mixer):
         o, state = linear_attention_step(phi_q[:, :, 0], phi_k[:, :, 0], v[:, :, 0], state, eps=self.eps)
         return self._output(o.unsqueeze(2), x_t.dtype)[:, 0], state
 
-    def prefill(self, x: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, LinearAttentionState]:
-        """Run a prompt ``(B, N, D)`` in parallel; return ``(outputs (B, N, D), state)``.
+    def _parallel_prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, LinearAttentionState]:
+        """A prompt ``(B, N, D)`` in parallel: ``(outputs (B, N, D), state)``.
 
-        The base class would step token by token (correct, slow); the chunked causal form
-        returns the same running sums. Padded positions stay out of the state.
+        Without it, ``prefill`` would step token by token (correct, slow); the chunked causal
+        form returns the same running sums. Padded positions stay out of the state.
         """
-        self._require_recurrent()
-        self._check_x(x)
-        b, n, _ = x.shape
-        mask = self._check_mask(attention_mask, b, n, x.device)
-        if n == 0:
-            return x * 0.0, self.init_state(b, x.device, x.dtype)
         phi_q, phi_k, v = self._features(x)
         o, state = causal_linear_attention(phi_q, phi_k, v, key_mask=mask, eps=self.eps,
                                            chunk_size=self.chunk_size, return_state=True)
-        y = self._output(o, x.dtype)
-        if mask is not None:
-            y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
-        return y, state
+        return self._output(o, x.dtype), state
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, feature_map={self.feature_map!r}, chunk_size={self.chunk_size}"
