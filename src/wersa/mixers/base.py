@@ -382,15 +382,17 @@ class Mixer(nn.Module):
             return type(new)(*items) if hasattr(new, "_fields") else type(new)(items)
         return new
 
-    def _rename_legacy_keys(self, state_dict, prefix: str) -> None:
-        """Map the old key prefixes of ``renamed_parameters`` to the new ones (in place)."""
+    def _upgrade_state_dict(self, state_dict, prefix: str) -> None:
+        """Bring an older checkpoint's entries up to date, in place, before loading: map the
+        old key prefixes of ``renamed_parameters`` to the new ones. Building blocks that add
+        state extend this (calling ``super()``)."""
         for old, new in self.renamed_parameters.items():
             for key in [k for k in state_dict if k.startswith(prefix + old)]:
                 state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before a rename keep loading.
-        self._rename_legacy_keys(state_dict, prefix)
+        self._upgrade_state_dict(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

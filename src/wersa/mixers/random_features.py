@@ -71,14 +71,11 @@ class RandomFeatureMixin:
         self.projection_matrix.copy_(w.to(self.projection_matrix.dtype))
         self.calls_since_redraw.zero_()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _upgrade_state_dict(self, state_dict, prefix: str) -> None:
+        super()._upgrade_state_dict(state_dict, prefix)  # renamed keys first (Mixer)
         # Checkpoints from before the redraw counter existed (0.1.0's WERSA): no redraw yet.
-        rename = getattr(self, "_rename_legacy_keys", None)
-        if rename is not None:
-            rename(state_dict, prefix)
         if prefix + "projection_matrix" in state_dict and prefix + "redraws" not in state_dict:
             state_dict[prefix + "redraws"] = torch.zeros((), dtype=torch.long)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _maybe_redraw(self) -> None:
         # Reads a buffer only when redraw is on (a host sync per training forward then).
