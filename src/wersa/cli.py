@@ -230,6 +230,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sweep.timeout_s = args.timeout
     if args.threads is not None:
         sweep.threads = args.threads
+    if args.jobs is not None:
+        sweep.jobs = args.jobs
     if args.checkpoint_every is not None:
         _check_checkpoint_every(args.checkpoint_every)
         sweep.checkpoint_every = args.checkpoint_every
@@ -507,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timeout", type=_pos_float, metavar="S",
                    help="hard time limit per cell, seconds (recorded as timeout) [default: the preset's, 900]")
     b.add_argument("--threads", type=_pos_int, help="torch threads per cell (recorded)")
+    b.add_argument("--jobs", type=_pos_int, metavar="N",
+                   help="cells run at once, each in its own process (small models: one single-thread cell per "
+                        "core finishes more cells per hour than one cell on every core) [default: the preset's, 1]")
     b.add_argument("--retry-failed", action="store_true", help="re-run cells recorded as oom/timeout/error")
     b.add_argument("--checkpoint-every", type=int, metavar="N",
                    help=f"{CHECKPOINT_EVERY_HELP} (kept in <out>.ckpt/ until the cell is recorded) [default: 50]")

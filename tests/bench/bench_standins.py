@@ -181,3 +181,18 @@ def sleep_forever(spec):
 
     time.sleep(3600)
     return {}
+
+
+def train_and_list_modules(spec):
+    """A training cell that also reports the ``wersa`` source files its process loaded (paths in the package)."""
+    import sys
+    from pathlib import Path
+
+    import wersa
+    from wersa.bench.train import run_cell
+
+    record = run_cell(spec)
+    root = Path(wersa.__file__).parent.resolve()
+    files = {Path(f).resolve() for f in (getattr(m, "__file__", None) for m in list(sys.modules.values())) if f}
+    record["wersa_files"] = sorted(f.relative_to(root).as_posix() for f in files if f.is_relative_to(root))
+    return record

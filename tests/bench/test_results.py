@@ -2,8 +2,10 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
+
 import pytest
 
 from wersa.bench.presets import get_preset
@@ -149,6 +151,35 @@ def test_source_hash_follows_every_edit(tmp_path):
     (tmp_path / "pkg" / "b.py").write_text("")
     assert source_hash(tmp_path / "pkg") != h
     assert len(code_version()["source"]) == 16
+
+
+def test_source_hash_leaves_out_only_modules_no_cell_runs(tmp_path):
+    """Editing the report or the command line keeps finished cells; a cell's process imports none of them."""
+    import wersa
+    from wersa.bench.cell import run_cell
+    from wersa.bench.results import RESULT_NEUTRAL, code_version, source_hash
+
+    (tmp_path / "pkg" / "bench").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "bench" / "report.py").write_text("y = 1\n")
+    h = source_hash(tmp_path / "pkg", exclude=["bench/report.py"])
+    (tmp_path / "pkg" / "bench" / "report.py").write_text("y = 2\n")
+    assert source_hash(tmp_path / "pkg", exclude=["bench/report.py"]) == h
+    assert source_hash(tmp_path / "pkg") != h
+    root = Path(wersa.__file__).parent
+    assert code_version()["source"] == source_hash(root, exclude=RESULT_NEUTRAL)
+    assert all((root / name).is_file() for name in RESULT_NEUTRAL)  # no stale names
+    # A real (tiny) training cell, through the real cell runner: which wersa modules did it load?
+    spec = {"mixer": "bench_mean", "task": "bench_first_token", "length": 32, "batch_size": 8,
+            "task_options": {"length": 32, "num_train": 16, "num_test": 16}, "max_steps": 2,
+            "model": {"hidden_size": 16, "num_attention_heads": 2}, "threads": 1, "eval_samples": 8,
+            "task_factory": "bench_standins:make_task", "model_factory": "bench_standins:make_model",
+            "plugins": ["bench_standins"]}
+    rec = run_cell("bench_standins:train_and_list_modules", spec, timeout_s=120, threads=1)
+    assert rec["status"] == "ok", rec.get("error")
+    loaded = set(rec["wersa_files"])
+    assert "bench/train.py" in loaded and "bench/cell.py" in loaded
+    assert not loaded & set(RESULT_NEUTRAL), loaded & set(RESULT_NEUTRAL)
 
 
 def test_killed_cells_run_again():

@@ -131,3 +131,41 @@ def test_lr_grid_order_then_selection_on_validation():
     # A failed (diverged) rate is not chosen; ties go to the middle rate (tried first).
     recs2 = [dict(r, status="error") if r.get("select_score") == 0.7 else r for r in recs]
     assert chosen_lr(sweep, sweep.tasks[0], "m1", recs2) == 3e-3
+
+
+def test_jobs_run_cells_at_once(monkeypatch, tmp_path):
+    """``Sweep.jobs=2`` starts two cells together: a barrier both must reach before either returns."""
+    import threading
+
+    from wersa.bench import sweep as sweep_mod
+    from wersa.bench.sweep import Sweep, TaskEntry, run_sweep
+
+    barrier = threading.Barrier(2, timeout=20)
+
+    def fake_run_cell(entry, spec, **kw):
+        barrier.wait()  # raises BrokenBarrierError unless a second cell runs meanwhile
+        return {"status": "ok", "select_score": 0.5, "accuracy": 0.5, "auc": 0.5, "train_time_s": 0.0,
+                "steps": 1, "peak_mem_bytes": 0}
+
+    monkeypatch.setattr(sweep_mod, "run_cell", fake_run_cell)
+    sw = Sweep(mixers=["bench_mean", "bench_quad"], tasks=[TaskEntry("bench_first_token", 32, {"length": 32})],
+               recipe={"task_factory": "bench_standins:make_task", "model_factory": "bench_standins:make_model"},
+               checkpoint_every=0, jobs=2)
+    recs = run_sweep(sw, tmp_path / "r.jsonl", cache_dir=str(tmp_path / "cache"), progress=False)
+    assert sorted(r["mixer"] for r in recs) == ["bench_mean", "bench_quad"]
+    assert len(read_results(tmp_path / "r.jsonl")) == 2
+
+
+def test_capability_refusal_is_skipped_with_the_reason(tmp_path):
+    """A mixer that cannot do what a task needs is refused from its capabilities, before any process starts."""
+    from wersa.bench.sweep import TaskEntry, capability_refusal, task_needs
+
+    recipe = {"task_factory": "bench_standins:make_task"}
+    # The stand-in task draws lengths between half and all of the cell length: its batches are padded.
+    needs = task_needs(TaskEntry("bench_first_token", 32, {"length": 32}), recipe, str(tmp_path))
+    assert needs == {"causal": False, "padding": True}
+    assert "padding mask" in capability_refusal("wersa_published", {}, 32, needs)
+    assert capability_refusal("wersa_published", {}, 32, {"causal": False, "padding": False}) is None
+    assert "no causal form" in capability_refusal("wersa_published", {}, 32, {"causal": True, "padding": False})
+    assert "at most 64 tokens" in capability_refusal("linformer", {"max_len": 64}, 128, needs)
+    assert capability_refusal("wersa", {}, 32, needs) is None

@@ -9,7 +9,9 @@ A key covers everything that changes a result: the cell's full config, the run
 limits (memory cap, time limit, threads) and the code that ran it
 (:func:`code_version`: the package version, a hash of its source files and the
 torch version). A record written by other code or under other limits is not
-reused: the cell runs again.
+reused: the cell runs again. The hash leaves out the few modules that never run
+inside a cell (:data:`RESULT_NEUTRAL`: the command line, the sweep planner, the
+presets, the report), so editing a report does not invalidate hours of results.
 """
 
 from __future__ import annotations
@@ -30,29 +32,40 @@ from typing import Any, Iterable
 STATUSES = ("ok", "oom", "timeout", "error", "killed", "skipped")
 NOT_FINAL = ("killed",)
 
+# Modules that choose, order, summarise or print cells but never run inside one: what they
+# decide about a cell is in its spec (and so in its key). They are left out of the source
+# hash; a test runs a cell and checks that its process imports none of them.
+RESULT_NEUTRAL = ("__main__.py", "cli.py", "bench/presets.py", "bench/report.py", "bench/sweep.py")
+
 
 @functools.lru_cache(maxsize=None)
 def code_version() -> dict[str, str]:
     """The code a result was measured with: ``wersa`` version, ``source`` hash, ``torch`` version.
 
     ``source`` hashes every ``.py`` file of the installed :mod:`wersa` package (names
-    and contents), so it is the same in a clean checkout and in an installed wheel,
-    and changes with any uncommitted edit (a git commit would miss those and is
-    absent from an installed package).
+    and contents) except :data:`RESULT_NEUTRAL`, so it is the same in a clean checkout
+    and in an installed wheel, and changes with any uncommitted edit to code a cell runs
+    (a git commit would miss those and is absent from an installed package).
     """
     import torch
 
     import wersa
 
-    return {"wersa": wersa.__version__, "source": source_hash(Path(wersa.__file__).parent),
+    return {"wersa": wersa.__version__, "source": source_hash(Path(wersa.__file__).parent, exclude=RESULT_NEUTRAL),
             "torch": torch.__version__}
 
 
-def source_hash(root: str | os.PathLike) -> str:
-    """A 16-hex-digit hash of the names and contents of every ``.py`` file under ``root``."""
+def source_hash(root: str | os.PathLike, exclude: Iterable[str] = ()) -> str:
+    """A 16-hex-digit hash of the names and contents of every ``.py`` file under ``root``.
+
+    ``exclude``: paths relative to ``root`` (``/``-separated) left out.
+    """
     root = Path(root)
+    skip = set(exclude)
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).as_posix() in skip:
+            continue
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
