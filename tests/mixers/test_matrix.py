@@ -275,7 +275,7 @@ CLAIM_OPTIONS = {
     "wersa_published": [{"levels": 0}],
     "transnormer": [{"attention": "diag"}, {"attention": "norm"}],
     "l2vit": [{"lcm": False}],
-    "performer": [{"kernel": "relu"}],
+    "performer": [{"feature_map": "relu"}, {"recompute": False}],
 }
 
 

@@ -139,6 +139,33 @@ def test_matches_dense_reference_values_and_gradients(causal, feature_map):
     torch.testing.assert_close(gw, rw)
 
 
+@pytest.mark.parametrize("side", [None, "right", "left"])
+@pytest.mark.parametrize("key_scale", [1.0, 25.0])
+def test_recompute_core_equals_plain_path(side, key_scale):
+    """Bidirectional softmax features through the memory-lean core (the default) equal the plain
+    autograd path, values and gradients, with padding on either side, blocks that do not divide
+    the length, and keys large enough that the key max matters (exponents in the hundreds)."""
+    lean = build(num_features=24, block_size=4)
+    plain = build(num_features=24, recompute=False)
+    plain.load_state_dict(lean.state_dict())
+    with torch.no_grad():
+        lean.to_qkv.weight[D:2 * D] *= key_scale
+        plain.to_qkv.weight[D:2 * D] *= key_scale
+    x = torch.randn(2, 11, D, dtype=F64, requires_grad=True)
+    mask = None
+    if side:
+        mask = torch.ones(2, 11, dtype=torch.bool)
+        mask[0, 8:] = False if side == "right" else mask[0, 8:]
+        mask[0, :3] = False if side == "left" else mask[0, :3]
+    assert lean._lean and not plain._lean
+    y, ref = lean(x, attention_mask=mask), plain(x, attention_mask=mask)
+    torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-11)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad((y * g).sum(), (x, lean.to_qkv.weight, lean.out_proj.weight)),
+                    torch.autograd.grad((ref * g).sum(), (x, plain.to_qkv.weight, plain.out_proj.weight))):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_gradcheck(causal):
     torch.manual_seed(0)

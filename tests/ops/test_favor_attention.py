@@ -64,6 +64,41 @@ def test_fused_equals_reference(causal, masked, n, chunk, block, shifted):
     assert_close_with_grads(a, r, (q, k, v, bw))
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("n, block", [(37, 10), (5, 2048), (64, 7), (1, 3)])
+@pytest.mark.parametrize("key_shift", [None, "max"])
+def test_unnormalized_fused_equals_reference(masked, n, block, key_shift):
+    """Performer's form: inputs only scaled (no l2 normalisation), keys shifted by their running max."""
+    q, k, v, omega, bw = inputs(n)
+    with torch.no_grad():  # norms well above 1, where the max shift matters
+        q.mul_(3.0), k.mul_(3.0)
+    mask = padding_mask(2, n) if masked and n > 8 else None
+    a = favor_attention(q, k, v, omega, bw, causal=False, key_mask=mask, block_size=block, key_shift=key_shift,
+                        normalize=False)
+    r = favor_attention_reference(q, k, v, omega, bw, causal=False, key_mask=mask, key_shift=key_shift,
+                                  normalize=False)
+    assert_close_with_grads(a, r, (q, k, v, bw))
+
+
+def test_running_key_max_survives_keys_beyond_float32_exponents():
+    """Key exponents near +-300 (beyond exp's float32 range either way): the running max keeps
+    every real key finite, later blocks that raise the max rescale the sums, and a padded key
+    far above the real ones is ignored (no inf * 0)."""
+    q, k, v, omega, bw = (t.detach().float() for t in inputs(40, b=2, h=2, d=4, m=6))
+    k = k * 12.0
+    k[:, :, 30:] *= 2.0  # the last block holds the largest keys: the max grows mid-sequence
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, :4] = False
+    k[1, :, :4] = 1e3  # padded keys far above every real key
+    kw = dict(causal=False, key_mask=mask, key_shift="max", normalize=False)
+    a = favor_attention(q, k, v, omega, torch.ones(2), block_size=8, **kw)
+    r = favor_attention_reference(q.double(), k.double(), v.double(), omega.double(), torch.ones(2, dtype=F64), **kw)
+    assert torch.isfinite(a).all()
+    assert torch.allclose(a.double(), r, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="bidirectional"):
+        favor_attention(q, k, v, omega, torch.ones(2), causal=True, key_shift="max", normalize=False)
+
+
 def test_reference_is_the_plain_feature_composition():
     q, k, v, omega, bw = inputs(9)
     b = bw.view(1, -1, 1, 1)

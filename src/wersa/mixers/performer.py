@@ -18,6 +18,14 @@ Math (per head, head width ``d``, ``m`` random features)::
 Defaults: ``num_features=256``, ``feature_map="softmax"``, one ``(m, d)`` projection shared
 by all heads (as in the reference code), ``chunk_size=128``, ``eps=1e-8``.
 
+Memory (``recompute=True``, the default): bidirectional softmax features go through
+WERSA's memory-lean core (:func:`~wersa.ops.favor_attention.favor_attention` with
+``normalize=False`` and ``key_shift="max"``): features are made block by block and
+recomputed in the backward pass, never stored as ``(B, H, N, m)`` tensors, and the key
+max is kept as a running max across blocks. Values and gradients equal the plain
+autograd path (``recompute=False``; a test compares them). The causal form keeps the
+plain path: its per-query running max (below) is not part of the lean core.
+
 Stabilisers. ``exp`` may overflow, so implementations shift exponents by a max:
 
 * queries are shifted by their own row max: one constant per query, which
@@ -68,6 +76,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..ops.favor_attention import favor_attention
 from ..ops.feature_maps import relu_features, softmax_kernel_features
 from ..ops.heads import compute_dtype
 from ..ops.linear_attention import (
@@ -119,7 +128,8 @@ def favor_features(
         exponent = x @ omega.transpose(-1, -2) - 0.5 * (x * x).sum(-1, keepdim=True)
         valid = exponent if key_mask is None else exponent.masked_fill(
             ~key_mask[:, None, :, None], float("-inf"))
-        shift = valid.amax(dim=(-1, -2), keepdim=True)
+        # Detached, like the query stabiliser: a constant shift (it cancels in the ratio up to eps).
+        shift = valid.amax(dim=(-1, -2), keepdim=True).detach()
         # A sequence without any real key has shift -inf; its features are zeroed below.
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
         # Exponentiate the masked exponent: a padded key far above the real keys' max
@@ -166,6 +176,9 @@ class Performer(RandomFeatureMixin, Mixer):
         chunk_size: tokens per chunk of the causal form.
         eps: added to the denominator.
         qkv_bias, out_bias: biases of the input / output projections.
+        recompute: bidirectional softmax features through the memory-lean core
+            (recomputed in the backward pass, never stored); ``False``: plain autograd.
+        block_size: tokens whose features the recompute path materialises at a time.
     """
 
     renamed_options = {"kernel": "feature_map"}
@@ -182,7 +195,7 @@ class Performer(RandomFeatureMixin, Mixer):
         self, dim: int, num_heads: int, causal: bool = False, *,
         num_features: int = 256, feature_map: str = "softmax", feature_seed: int = 0,
         redraw_interval: int | None = None, chunk_size: int = 128, eps: float = 1e-8,
-        qkv_bias: bool = False, out_bias: bool = True,
+        qkv_bias: bool = False, out_bias: bool = True, recompute: bool = True, block_size: int = 2048,
     ):
         super().__init__(dim, num_heads, causal)
         name = self.capabilities.name
@@ -191,6 +204,10 @@ class Performer(RandomFeatureMixin, Mixer):
             raise ValueError(f"{name}: feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
             raise ValueError(f"{name}: chunk_size must be a positive integer, got {chunk_size!r}")
+        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
+            raise ValueError(f"{name}: block_size must be a positive integer, got {block_size!r}")
+        self.recompute = bool(recompute)
+        self.block_size = block_size
         self.num_features = num_features
         self.feature_map = feature_map
         self.feature_seed = feature_seed
@@ -200,6 +217,11 @@ class Performer(RandomFeatureMixin, Mixer):
         self.to_qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.out_proj = nn.Linear(dim, dim, bias=out_bias)
         self._init_features()
+
+    @property
+    def _lean(self) -> bool:
+        """Bidirectional softmax features through the memory-lean core (class docstring)."""
+        return self.recompute and not self.causal and self.feature_map == "softmax"
 
     @property
     def _running_max(self) -> bool:
@@ -247,6 +269,12 @@ class Performer(RandomFeatureMixin, Mixer):
     def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         self._maybe_redraw()
         q, k, v = self._heads(x)
+        if self._lean:
+            h = self.num_heads
+            omega = self.projection_matrix.to(q.dtype).expand(h, -1, -1)  # one projection for every head
+            out = favor_attention(q, k, v, omega, q.new_ones(h), causal=False, key_mask=mask, eps=self.eps,
+                                  block_size=self.block_size, key_shift="max", normalize=False)
+            return self._merge(out, x.dtype)
         phi_q, phi_k = self.features(q, k, mask)
         if self.causal:
             out = self._causal(phi_q, phi_k, v, return_state=False)
@@ -287,4 +315,5 @@ class Performer(RandomFeatureMixin, Mixer):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_features={self.num_features}, feature_map={self.feature_map!r}, "
-                f"feature_seed={self.feature_seed}, redraw_interval={self.redraw_interval}")
+                f"feature_seed={self.feature_seed}, redraw_interval={self.redraw_interval}, "
+                f"recompute={self.recompute}")

@@ -7,7 +7,13 @@ Computes, per head ``h`` with bandwidth ``b_h`` and projection ``Omega_h`` (``m 
     y_i = phi(q^_i)^T S / (phi(q^_i)^T z + eps)              (S, z summed over all real keys,
                                                               or over keys j <= i when causal)
 
-which is exactly :func:`favor_attention_reference` (the composition of
+With ``normalize=False`` the inputs are only scaled (``x^ = x / b_h``: Performer's FAVOR+,
+whose ``q`` and ``k`` arrive already scaled by ``d^{-1/4}``, passes ``b = 1``), and with
+``key_shift="max"`` (bidirectional only) the key exponents are shifted by their max over
+the real keys of each (batch row, head), kept as a running max while the key blocks go
+by (the sums so far are rescaled when it grows), as Performer's plain path does.
+
+This is exactly :func:`favor_attention_reference` (the composition of
 ``F.normalize``, :func:`~wersa.ops.feature_maps.softmax_kernel_features` and
 :func:`~wersa.ops.linear_attention.linear_attention` /
 :func:`~wersa.ops.linear_attention.causal_linear_attention`), with the same
@@ -52,12 +58,22 @@ from .linear_attention import LinearAttentionState, causal_linear_attention, lin
 _NORM_EPS = 1e-6  # F.normalize's eps, as used by the reference
 
 
-def _block_features(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, offsets):
+def _scaled_inputs(x: Tensor, inv_b: Tensor, normalize: bool) -> tuple[Tensor, Tensor | None]:
+    """``x^ = normalize(x) / b`` (or ``x / b``) and the clamped norm (``None`` without normalisation)."""
+    if not normalize:
+        return x * inv_b, None
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    return x / norm * inv_b, norm
+
+
+def _block_features(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, offsets, normalize: bool = True,
+                    key_mask: Tensor | None = None):
     """``offsets``: ``(query, key)`` constants subtracted from the exponents (see ``_offsets``).
 
-    ``(B, H, T, d) -> phi (B, H, T, m)`` plus what its backward needs (``x^`` and the clamped norm)."""
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
-    xn = x / norm * inv_b
+    ``(B, H, T, d) -> phi (B, H, T, m)`` plus what its backward needs (``x^`` and the clamped norm).
+    ``key_mask`` ``(B, T)``: padded keys' features are 0 (their exponents are set to -inf
+    before ``exp``: a padded key far above the shift would otherwise give inf, and inf * 0 = NaN)."""
+    xn, norm = _scaled_inputs(x, inv_b, normalize)
     e = xn @ omega_t  # (B, H, T, m)
     # exp(e - |x^|^2/2 - [row max]) / sqrt(m), in place: one (T, m) buffer per block.
     if is_query:
@@ -65,7 +81,10 @@ def _block_features(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, o
         shift = e.amax(-1, keepdim=True) + offsets[0]
     else:
         shift = 0.5 * (xn * xn).sum(-1, keepdim=True) + offsets[1]
-    e.sub_(shift).exp_()
+    e.sub_(shift)
+    if key_mask is not None and not is_query:
+        e.masked_fill_(~key_mask[:, None, :, None], float("-inf"))
+    e.exp_()
     return e, xn, norm
 
 
@@ -78,6 +97,8 @@ def _features_backward(g_e: Tensor, xn: Tensor, norm: Tensor, inv_b: Tensor, ome
     # x^ = u / b  =>  dL/db = -sum(g_xn * x^) / b  (summed per head).
     g_b = -(g_xn * xn).sum(dim=(0, 2, 3)) * inv_b.view(-1)
     g_u = g_xn * inv_b
+    if norm is None:  # x^ = x / b: no normalisation to differentiate through
+        return g_u, g_b
     u = xn / inv_b
     # u = x / max(|x|, eps): below eps the norm is a constant (clamp), as in F.normalize.
     radial = (u * g_u).sum(-1, keepdim=True) * (norm > _NORM_EPS).to(u.dtype)
@@ -85,10 +106,13 @@ def _features_backward(g_e: Tensor, xn: Tensor, norm: Tensor, inv_b: Tensor, ome
 
 
 def _offsets(omega: Tensor, key_shift: Tensor | None) -> tuple:
-    """``(query offset, key offset)`` added to the exponents: ``log sqrt(m)``, plus the keys' shift."""
+    """``(query offset, key offset)`` subtracted from the exponents: ``log sqrt(m)``, plus the keys' shift
+    (``(H,)`` per head, or ``(B, H)`` per batch row and head)."""
     log_scale = 0.5 * math.log(omega.shape[-2])
     if key_shift is None:
         return log_scale, log_scale
+    if key_shift.dim() == 2:
+        return log_scale, key_shift.detach().to(omega.dtype)[:, :, None, None] + log_scale
     return log_scale, key_shift.detach().to(omega.dtype).view(1, -1, 1, 1) + log_scale
 
 
@@ -101,36 +125,69 @@ def _output_grad(gy: Tensor, y: Tensor, den: Tensor) -> Tensor:
     return torch.cat([gy / den, -(gy * y).sum(-1, keepdim=True) / den], dim=-1)
 
 
+def _rows(mask: Tensor | None, s: int, t: int) -> Tensor | None:
+    """Tokens ``s:t`` of a ``(B, N)`` mask (``None`` stays ``None``)."""
+    return None if mask is None else mask[:, s:t]
+
+
 def _blocks(n: int, size: int):
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
 # ----------------------------------------------------------------- bidirectional
-def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, offsets):
+def _running_max_key_sums(k, v, omega_t, inv_b, key_mask, block, log_scale, normalize):
+    """``[S | z]`` with keys shifted by their max exponent over real keys per (batch, head), in one pass.
+
+    Each block's exponents are shifted by the max so far; when a block raises it, the sums
+    so far are rescaled by ``exp(old - new)`` (as in online softmax). Returns the sums and
+    the final max ``(B, H)`` (0 where a row has no real key: its features are all 0).
+    """
     B, H, N, d = v.shape
-    kv = v.new_zeros(B, H, omega_t.shape[-1], d + 1)  # [S | z]
+    kv = v.new_zeros(B, H, omega_t.shape[-1], d + 1)
+    run = v.new_full((B, H, 1, 1), float("-inf"))
     for s, t in _blocks(N, block):
-        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
+        xn, _ = _scaled_inputs(k[:, :, s:t], inv_b, normalize)
+        e = (xn @ omega_t).sub_(0.5 * (xn * xn).sum(-1, keepdim=True))
         if key_mask is not None:
-            phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
-        kv += phi_k.transpose(-1, -2) @ _ones_column(v[:, :, s:t])
+            e.masked_fill_(~key_mask[:, None, s:t, None], float("-inf"))
+        new = torch.maximum(run, e.amax(dim=(-1, -2), keepdim=True))
+        safe = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
+        # exp(-inf - x) = 0: padded keys and rows without real keys so far add nothing.
+        kv.mul_(torch.exp(run - safe))
+        kv += e.sub_(safe + log_scale).exp_().transpose(-1, -2) @ _ones_column(v[:, :, s:t])
+        run = new
+    return kv, torch.where(torch.isfinite(run), run, torch.zeros_like(run))[:, :, 0, 0]
+
+
+def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, offsets, normalize=True, key_max=False):
+    B, H, N, d = v.shape
+    if key_max:
+        kv, shift = _running_max_key_sums(k, v, omega_t, inv_b, key_mask, block, offsets[0], normalize)
+        offsets = (offsets[0], shift[:, :, None, None] + offsets[0])
+    else:
+        shift = None
+        kv = v.new_zeros(B, H, omega_t.shape[-1], d + 1)  # [S | z]
+        for s, t in _blocks(N, block):
+            phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+                                           _rows(key_mask, s, t))
+            kv += phi_k.transpose(-1, -2) @ _ones_column(v[:, :, s:t])
     y = v.new_empty(B, H, N, d)
     den = v.new_empty(B, H, N, 1)
     for s, t in _blocks(N, block):
-        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets)
+        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
         out = phi_q @ kv
         den[:, :, s:t] = out[..., d:] + eps
         torch.div(out[..., :d], den[:, :, s:t], out=y[:, :, s:t])
-    return y, den, kv
+    return y, den, kv, offsets
 
 
-def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, block, offsets):
+def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, block, offsets, normalize=True):
     N, d = v.shape[-2], v.shape[-1]
     g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     g_b = inv_b.new_zeros(inv_b.numel())
     g_kv = torch.zeros_like(kv)
     for s, t in _blocks(N, block):
-        phi_q, xn, norm = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets)
+        phi_q, xn, norm = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
         g_out = _output_grad(gy[:, :, s:t], y[:, :, s:t], den[:, :, s:t])  # (B, H, T, d+1)
         g_kv += phi_q.transpose(-1, -2) @ g_out
         g_e = (g_out @ kv.transpose(-1, -2)).mul_(phi_q)  # d exp(e) = exp(e) de
@@ -138,9 +195,8 @@ def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, bl
         g_b += gb
     g_s, g_z = g_kv[..., :d], g_kv[..., d]
     for s, t in _blocks(N, block):
-        phi_k, xn, norm = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
-        if key_mask is not None:
-            phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
+        phi_k, xn, norm = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+                                           _rows(key_mask, s, t))
         g_v[:, :, s:t] = phi_k @ g_s
         g_e = (v[:, :, s:t] @ g_s.transpose(-1, -2)).add_(g_z.unsqueeze(-2)).mul_(phi_k)
         g_k[:, :, s:t], gb = _features_backward(g_e, xn, norm, inv_b, omega)
@@ -187,7 +243,7 @@ def _causal_block(phi_q, phi_k, v, state, c):
     return out.view(B, H, C * c, -1)[:, :, :T], new_state
 
 
-def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, state=None):
+def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, state=None, normalize=True):
     B, H, N, d = v.shape
     m = omega_t.shape[-1]
     if state is None:
@@ -197,17 +253,17 @@ def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, s
     den = v.new_empty(B, H, N, 1)
     for s, t in _blocks(N, block):
         states.append(state)
-        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets)
-        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
-        if key_mask is not None:
-            phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
+        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
+        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+                                           _rows(key_mask, s, t))
         out, state = _causal_block(phi_q, phi_k, v[:, :, s:t], state, c)
         den[:, :, s:t] = out[..., d:] + eps
         torch.div(out[..., :d], den[:, :, s:t], out=y[:, :, s:t])
     return y, den, torch.stack(states), state
 
 
-def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, states, block, c, offsets):
+def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, states, block, c, offsets,
+                     normalize=True):
     B, H, N, d = v.shape
     g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     g_b = inv_b.new_zeros(inv_b.numel())
@@ -216,10 +272,9 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
     for i in range(len(blocks) - 1, -1, -1):
         s, t = blocks[i]
         T = t - s
-        phi_q, xq, nq = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets)
-        phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets)
-        if key_mask is not None:
-            phi_k = phi_k * key_mask[:, None, s:t, None].to(phi_k.dtype)
+        phi_q, xq, nq = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
+        phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+                                           _rows(key_mask, s, t))
         # The backward needs the chunk states and scores, not the block's output: no recomputed output.
         qc, kc, vc, scores, before, _, tril, pad = _causal_chunks(phi_q, phi_k, v[:, :, s:t], states[i], c)
         C = qc.shape[2]
@@ -260,43 +315,47 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
 
 class _FavorAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, omega, bandwidth, key_mask, eps, causal, chunk_size, block_size, key_shift):
+    def forward(ctx, q, k, v, omega, bandwidth, key_mask, eps, causal, chunk_size, block_size, key_shift,
+                normalize):
         omega_t = omega.transpose(-1, -2).unsqueeze(0)  # (1, H, d, m)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
-        offsets = _offsets(omega, key_shift)
+        key_max = isinstance(key_shift, str)
+        offsets = _offsets(omega, None if key_max else key_shift)
         if causal:
             y, den, extra, _ = _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size,
-                                               chunk_size, offsets)
+                                               chunk_size, offsets, normalize=normalize)
         else:
-            y, den, extra = _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size, offsets)
+            # With the running key max, the offsets come back holding the final max (the backward's shift).
+            y, den, extra, offsets = _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size, offsets,
+                                                    normalize, key_max)
         ctx.save_for_backward(q, k, v, omega, bandwidth, y, den, extra)
         ctx.key_mask = key_mask
-        ctx.opts = (causal, chunk_size, block_size, offsets)
+        ctx.opts = (causal, chunk_size, block_size, offsets, normalize)
         return y
 
     @staticmethod
     def backward(ctx, gy):
         q, k, v, omega, bandwidth, y, den, extra = ctx.saved_tensors
-        causal, chunk_size, block_size, offsets = ctx.opts
+        causal, chunk_size, block_size, offsets, normalize = ctx.opts
         omega_t = omega.transpose(-1, -2).unsqueeze(0)
         omega4 = omega.unsqueeze(0)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
         if causal:
             g_q, g_k, g_v, g_b = _causal_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
-                                                  extra, block_size, chunk_size, offsets)
+                                                  extra, block_size, chunk_size, offsets, normalize)
         else:
             g_q, g_k, g_v, g_b = _bidir_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
-                                                 extra, block_size, offsets)
+                                                 extra, block_size, offsets, normalize)
         # g_b is dL/db already (_features_backward differentiates x^ = u / b with respect to b).
-        return g_q, g_k, g_v, None, g_b.to(bandwidth.dtype), None, None, None, None, None, None
+        return g_q, g_k, g_v, None, g_b.to(bandwidth.dtype), None, None, None, None, None, None, None
 
 
 def favor_attention(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
     key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64, block_size: int = 2048,
-    key_shift: Tensor | None = None,
+    key_shift: Tensor | str | None = None, normalize: bool = True,
 ) -> Tensor:
-    """Fused FAVOR+ attention of l2-normalised, bandwidth-scaled queries and keys.
+    """Fused FAVOR+ attention of l2-normalised (or not), bandwidth-scaled queries and keys.
 
     Args:
         q, k: ``(B, H, N, d)`` queries and keys (before normalisation).
@@ -309,12 +368,19 @@ def favor_attention(
         chunk_size: tokens per chunk of the causal form.
         block_size: tokens per block (features of one block are materialised at a
             time; rounded up to a multiple of ``chunk_size`` when causal).
-        key_shift: ``(H,)`` constant subtracted from the key exponents (detached).
+        key_shift: ``(H,)`` constant subtracted from the key exponents (detached), or
+            ``"max"``: each (batch row, head)'s max key exponent over its real keys
+            (bidirectional only: a causal query may not see every key).
+        normalize: l2-normalise ``q`` and ``k`` before dividing by ``b`` (WERSA); ``False``
+            only divides (Performer, with ``b = 1`` and inputs already scaled).
     Returns:
         ``(B, H, N, d)`` in the dtype of ``q`` (callers pass fp32 or fp64).
     """
     if chunk_size <= 0 or block_size <= 0:
         raise ValueError(f"chunk_size and block_size must be positive, got {chunk_size}, {block_size}")
+    if isinstance(key_shift, str) and (key_shift != "max" or causal):
+        raise ValueError(f"key_shift={key_shift!r}: only 'max', and only bidirectional (causal=False); "
+                         f"a causal query may not see the key that sets the max")
     if q.shape[-2] == 0:
         return v.new_zeros(v.shape)
     if causal:
@@ -325,7 +391,7 @@ def favor_attention(
     k, v = k.to(dtype), v.to(dtype)
     omega = omega.detach().to(dtype).contiguous()
     return _FavorAttention.apply(q, k, v, omega, bandwidth.to(dtype), key_mask, eps, causal, chunk_size, block_size,
-                                 key_shift)
+                                 key_shift, bool(normalize))
 
 
 @torch.no_grad()
@@ -347,13 +413,22 @@ def favor_attention_with_state(
 
 def favor_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
-    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64, key_shift: Tensor | None = None,
+    key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64, key_shift: Tensor | str | None = None,
+    normalize: bool = True,
 ) -> Tensor:
     """The unfused composition :func:`favor_attention` must equal (values and gradients)."""
     b = bandwidth.view(1, -1, 1, 1)
-    phi_q = softmax_kernel_features(F.normalize(q, dim=-1, eps=_NORM_EPS) / b, omega, stabilize=True)
-    phi_k = softmax_kernel_features(F.normalize(k, dim=-1, eps=_NORM_EPS) / b, omega, stabilize=False,
-                                    shift=key_shift)
+    qn, kn = (F.normalize(x, dim=-1, eps=_NORM_EPS) if normalize else x for x in (q, k))
+    phi_q = softmax_kernel_features(qn / b, omega, stabilize=True)
+    if isinstance(key_shift, str):  # "max": over each (row, head)'s real keys, detached
+        exponent = (kn / b) @ omega.transpose(-1, -2) - 0.5 * ((kn / b) ** 2).sum(-1, keepdim=True)
+        if key_mask is not None:
+            exponent = exponent.masked_fill(~key_mask[:, None, :, None], float("-inf"))
+        top = exponent.detach().amax(dim=(-1, -2), keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        phi_k = torch.exp(exponent - top) / math.sqrt(omega.shape[-2])
+    else:
+        phi_k = softmax_kernel_features(kn / b, omega, stabilize=False, shift=key_shift)
     if causal:
         return causal_linear_attention(phi_q, phi_k, v, key_mask=key_mask, eps=eps, chunk_size=chunk_size)
     return linear_attention(phi_q, phi_k, v, key_mask=key_mask, eps=eps)
