@@ -66,11 +66,11 @@ def test_step_cost_is_measured_in_an_isolated_process(tmp_path):
     assert rec["peak_mem_bytes"] >= 0 and rec["threads"] == 1
     with pytest.raises(ValueError, match="at least 5"):
         measure_step_cost(cfg.to_dict(), repeats=3)
-    # From a results file: one measurement per configuration (seeds share it), resumable.
+    # From a results file: one measurement per configuration (seeds and learning rates share it), resumable.
     results, out = tmp_path / "r.jsonl", tmp_path / "cost.jsonl"
-    for seed in (0, 1):
+    for seed, lr in ((0, 1e-3), (1, 1e-3), (0, 3e-3)):
         append_result(results, {"bench": "train", "status": "ok", "mixer": "bench_mean", "task": "t",
-                                "config": {**cfg.to_dict(), "seed": seed}})
+                                "config": {**cfg.to_dict(), "seed": seed, "lr": lr}})
     assert len(measure_results(str(results), str(out), timeout_s=120, threads=1, progress=False)) == 1
     assert measure_results(str(results), str(out), timeout_s=120, threads=1, progress=False) == []
     (row,) = read_results(out)

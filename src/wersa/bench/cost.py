@@ -31,6 +31,9 @@ import time
 from typing import Any
 
 MIN_REPEATS = 5
+# Training-config fields that do not change the cost of one step (left out of a cost key).
+NOT_COST = ("seed", "lr", "max_time_s", "max_steps", "warmup_steps", "eval_every", "eval_samples",
+            "select_samples", "eval_split", "eval_batch_size", "count_flops")
 
 
 def step_cost(spec: dict[str, Any]) -> dict[str, Any]:
@@ -111,9 +114,10 @@ def measure_results(results: str, out: str, *, warmup: int = 2, repeats: int = M
             continue
         config = dict(row["config"])
         limits = {"mem_limit_bytes": mem_limit_bytes, "timeout_s": timeout_s, "threads": threads}
-        # The seed changes the weights, not the cost: one measurement per configuration.
+        # Seed, learning rate and the run's length and evaluation change what is learnt, not
+        # what a step costs: one measurement per configuration of model, data and batch.
         key = cell_key({"bench": "cost", "warmup": warmup, "repeats": repeats,
-                        **{k: v for k, v in config.items() if k not in ("seed", "max_time_s")}}, limits)
+                        **{k: v for k, v in config.items() if k not in NOT_COST}}, limits)
         if key in done or key in seen:
             continue
         seen.add(key)
