@@ -339,7 +339,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     _check_results_file(results)
     try:
         rep = make_report(results, Path(args.out_dir or results.with_suffix("").as_posix() + "-report"),
-                          title=args.title, recompute_baselines=args.recompute_baselines)
+                          title=args.title, recompute_baselines=args.recompute_baselines, costs=args.costs)
     except FileNotFoundError as exc:
         raise SystemExit(f"error: {exc}") from None
     if args.print:
@@ -560,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--recompute-baselines", action="store_true",
                    help="rebuild each task's data to fill in majority-class baselines that older records lack")
     r.add_argument("--print", action="store_true", help="also print report.md to the terminal")
+    r.add_argument("--costs", metavar="COSTS",
+                   help="isolated step costs (JSON lines from `python -m wersa.bench.cost`) for the study report: "
+                        "cost per step beside the steps to reach exact attention's validation score")
     r.set_defaults(func=cmd_report)
 
     # train

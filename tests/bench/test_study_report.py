@@ -95,3 +95,42 @@ def test_tied_rates_choose_the_middle_one_as_the_sweep_does():
     recs += [dict(base, key=f"s{s}", lr=1e-3, seed=s, select_score=0.4) for s in (1, 2)]
     (row,) = study_rows(recs)
     assert row["lr"] == 1e-3 and row["accuracy"]["n"] == 3
+
+
+def test_summary_table_one_row_per_task_one_column_per_mixer(results, tmp_path):
+    from wersa.bench.report import study_rows, summary_table
+    from wersa.bench.results import read_results
+
+    append_result(results, {"bench": "train", "key": "pub", "mixer": "wersa_published", "task": "listops",
+                            "task_label": "ListOps-512", "seed": 0, "status": "skipped",
+                            "reason": "wersa_published cannot apply a padding mask"})
+    recs = read_results(results)
+    lines = summary_table(study_rows(recs), recs)
+    assert lines[0] == "| task (metric, baseline) | sdpa | wersa | wersa_published | fnet |"
+    listops = next(line for line in lines if line.startswith("| ListOps-512"))
+    # sdpa 43.0 [38.0, 48.0] over 3 seeds; fnet never above the majority class; the refusal is a footnote.
+    assert "ListOps-512, accuracy % (majority 25), n = 3 | 43.0 [38.0, 48.0] | 42.0 [37.0, 47.0] | skipped (1) | 25.0 " \
+           "[22.5, 27.5] **noise** |" in listops
+    assert "(1) wersa_published cannot apply a padding mask" in lines
+    lm = next(line for line in lines if line.startswith("| Shakespeare-1k"))
+    assert "bits per byte (unigram 4.8), n = 1 | - | 2.50 |" in lm
+    assert "## Summary" in make_study_report(results, tmp_path / "out")["markdown"]
+
+
+def test_cost_table_steps_to_exact_attentions_score_times_isolated_cost(tmp_path):
+    """Training time as the paper means it: steps to reach sdpa's validation score x isolated seconds per step."""
+    from wersa.bench.report import cost_rows, cost_table, steps_to_target, study_rows
+
+    hist = {"sdpa": [[40, 0.3], [80, 0.5], [120, 0.6]], "wersa": [[40, 0.55], [80, 0.62], [120, 0.61]],
+            "fnet": [[40, 0.2], [80, 0.3], [120, 0.4]]}
+    recs = [_rec(m, "listops", "L", 0, 1e-3, 0.5, val=max(s for _, s in h), val_history=h) for m, h in hist.items()]
+    reach = steps_to_target(recs)
+    assert reach[("L", "sdpa")] == (120, 1, 1) and reach[("L", "wersa")] == (80, 1, 1)
+    assert reach[("L", "fnet")] == (None, 0, 1)
+    costs = cost_rows([{"bench": "cost", "key": m, "status": "ok", "mixer": m, "task": "listops", "task_label": "L",
+                        "step_cpu_s": c, "step_wall_s": c, "flops_train_step": 1e9, "peak_mem_bytes": 2**20}
+                       for m, c in (("sdpa", 0.5), ("wersa", 0.25))])
+    lines = cost_table(study_rows(recs), recs, costs)
+    assert "| L | sdpa | 500 | 500 | 1 | 1 | 120 | 60 |" in lines
+    assert "| L | wersa | 250 | 250 | 1 | 1 | 80 | 20 |" in lines
+    assert "| L | fnet | - | - | - | - | not reached | - |" in lines

@@ -533,13 +533,14 @@ EXTRA_COLUMNS = ["majority", "chance", "unigram_bpb", "verdict", "warnings"]
 
 
 def make_report(results: str | Path, out_dir: str | Path, title: str | None = None,
-                recompute_baselines: bool = False) -> dict[str, Any]:
+                recompute_baselines: bool = False, costs: str | Path | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``train.csv`` / ``scale.csv`` and PNG plots to ``out_dir``; returns what was written.
 
     ``report.md`` opens with how to read it and the warnings (cells stopped by their time budget,
     cells run under load above the core count), then one table per task with its baselines and a
     verdict per row. ``recompute_baselines``: rebuild the task of records that predate the
     majority-class baseline to compute it (:func:`with_baselines`); else it shows as unknown.
+    ``costs``: isolated step costs (``python -m wersa.bench.cost``) for the study report.
     """
     results = Path(results)
     if not results.exists():
@@ -610,7 +611,7 @@ def make_report(results: str | Path, out_dir: str | Path, title: str | None = No
     if not trows and not srows:
         md.append("No finished cells yet.")
     if any(r.get("select_score") is not None for r in records if r.get("bench") == "train"):
-        study = make_study_report(results, out_dir, title=title, records=records)
+        study = make_study_report(results, out_dir, title=title, records=records, costs=costs)
         written["files"] += study["files"]
         md[2:2] = ["Tables with confidence intervals, baselines and the learning rate chosen per mixer: "
                    "[study.md](study.md).", ""]
@@ -799,6 +800,150 @@ def _wersa_vs_sdpa(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _metric_of(row: dict[str, Any]) -> str:
+    return "accuracy" if row.get("accuracy") else ("bpb" if row.get("bpb") else "token_accuracy")
+
+
+def _order(values: Iterable[str], first: tuple[str, ...] = ()) -> list[str]:
+    """Distinct ``values`` in order of first appearance, ``first`` (where present) leading."""
+    seen = list(dict.fromkeys(values))
+    return [v for v in first if v in seen] + [v for v in seen if v not in first]
+
+
+SUMMARY_FIRST = ("sdpa", "wersa", "wersa_published")
+
+
+def summary_table(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[str]:
+    """One row per task setting, one column per mixer: the headline metric's mean and 95% interval.
+
+    Tasks and mixers appear in the order the results file first names them (exact attention
+    and the two WERSA forms first). A cell not above its baseline within its interval is
+    marked **noise**; a mixer that cannot run a task says why in a footnote; ``-``: not in
+    that task's grid.
+    """
+    if not rows:
+        return []
+    train = [r for r in records if r.get("bench") == "train" and r.get("task_label")]
+    # Skipped cells are written before a round's cells run: order by the cells that ran.
+    ran = [r for r in train if r.get("status") != "skipped"]
+    labels = _order([r["task_label"] for r in ran if r["task_label"] in {x["label"] for x in rows}])
+    mixers = _order([r["mixer"] for r in train], SUMMARY_FIRST)
+    by = {(r["label"], r["mixer"]): r for r in rows}
+    failed: dict[tuple[str, str], str] = {}
+    for r in latest_by_key(train):
+        if r.get("status") in ("skipped", "error", "timeout", "oom") and (r["task_label"], r["mixer"]) not in by:
+            failed.setdefault((r["task_label"], r["mixer"]), r["status"] if r["status"] != "skipped"
+                              else (r.get("reason") or "skipped"))
+    mixers = [m for m in mixers if any((label, m) in by or (label, m) in failed for label in labels)]
+    notes: list[str] = []
+    lines = ["| task (metric, baseline) | " + " | ".join(mixers) + " |", "|---|" + "---|" * len(mixers)]
+    for label in labels:
+        cells = [by[(label, m)] for m in mixers if (label, m) in by]
+        if not cells:
+            continue
+        metric = _metric_of(cells[0])
+        seeds = {c["seeds"] for c in cells}
+        pct = metric != "bpb"
+        if metric == "bpb":
+            head = f"{label}, bits per byte (unigram {_fmt(cells[0].get('unigram_bpb'))})"
+        else:
+            base = cells[0].get("majority")
+            name = "accuracy %" if metric == "accuracy" else "recall accuracy %"
+            head = f"{label}, {name} (majority {_fmt(100 * base) if base is not None else '-'})"
+        if len(seeds) == 1:
+            head += f", n = {seeds.pop()}"
+        row = [head]
+        for m in mixers:
+            r = by.get((label, m))
+            if r is None:
+                why = failed.get((label, m))
+                if why in ("error", "timeout", "oom"):
+                    row.append(why)
+                elif why:
+                    if why not in notes:
+                        notes.append(why)
+                    row.append(f"skipped ({notes.index(why) + 1})")
+                else:
+                    row.append("-")
+                continue
+            v = r[metric]
+            k = 100.0 if pct else 1.0
+            fmt = ".1f" if pct else ".2f"
+            cell = f"{k * v['mean']:{fmt}}"
+            if not math.isnan(v["lo"]):
+                cell += f" [{k * v['lo']:{fmt}}, {k * v['hi']:{fmt}}]"
+            if len({c["seeds"] for c in cells}) > 1:
+                cell += f" (n={r['seeds']})"
+            if r.get("noise"):
+                cell += " **noise**"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [""] + [f"({i}) {why}" for i, why in enumerate(notes, 1)] if notes else []
+    return lines
+
+
+def cost_rows(cost_records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """(task label, mixer) -> isolated step cost (``python -m wersa.bench.cost`` records): CPU and wall ms
+    per step (medians), GFLOP per step, peak MiB."""
+    out = {}
+    for r in latest_by_key(cost_records):
+        if r.get("bench") == "cost" and r.get("status") == "ok":
+            out[(r.get("task_label") or r["task"], r["mixer"])] = {
+                "cpu_ms": 1e3 * r["step_cpu_s"], "wall_ms": 1e3 * r["step_wall_s"],
+                "gflops": (r.get("flops_train_step") or 0) * 1e-9, "peak_mib": (r.get("peak_mem_bytes") or 0) / 2**20,
+                "threads": r.get("threads")}
+    return out
+
+
+def steps_to_target(records: list[dict[str, Any]], reference: str = "sdpa"
+                    ) -> dict[tuple[str, str], tuple[float | None, int, int]]:
+    """(task label, mixer) -> (median steps to reach ``reference``'s validation score, seeds that reached it, seeds).
+
+    The target of a task is ``reference``'s best validation score (``select_score``), averaged over
+    its seeds at its chosen rate; a seed reaches it at the first validation whose score is at least
+    the target (validations every ``eval_every`` steps, so steps are multiples of it)."""
+    chosen = _chosen_records(records)
+    targets = {label: statistics.fmean(r["select_score"] for r in recs)
+               for (_, label, mixer), recs in chosen.items()
+               if mixer == reference and all(r.get("select_score") is not None for r in recs)}
+    out = {}
+    for (_, label, mixer), recs in chosen.items():
+        if label not in targets:
+            continue
+        hits = []
+        for r in recs:
+            hist = r.get("val_history") or []
+            hits.append(next((step for step, score in hist if score is not None and score >= targets[label]), None))
+        reached = [h for h in hits if h is not None]
+        out[(label, mixer)] = (statistics.median(reached) if reached else None, len(reached), len(hits))
+    return out
+
+
+def cost_table(rows: list[dict[str, Any]], records: list[dict[str, Any]],
+               costs: dict[tuple[str, str], dict[str, float]]) -> list[str]:
+    """Per task setting and mixer: isolated cost per step beside the steps (and CPU seconds) to reach
+    exact attention's validation score (the paper's "training time", measured as steps x cost)."""
+    reach = steps_to_target(records)
+    head = ["task", "mixer", "CPU ms/step", "wall ms/step", "GFLOP/step", "peak MiB", "steps to sdpa's val. score",
+            "CPU s to it"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    labels = _order([r["label"] for r in rows])
+    for label in labels:
+        for m in _order([r["mixer"] for r in rows if r["label"] == label], SUMMARY_FIRST):
+            c = costs.get((label, m))
+            steps, hit, n = reach.get((label, m), (None, 0, 0))
+            if c is None and not n:
+                continue
+            reached = "-" if not n else (f"{steps:g}" if hit == n else
+                                         (f"{steps:g} ({hit} of {n} seeds)" if hit else
+                                          "not reached" + (f" (0 of {n} seeds)" if n > 1 else "")))
+            cpu_s = f"{steps * c['cpu_ms'] / 1e3:.3g}" if c and steps is not None and hit == n else "-"
+            vals = [_fmt(c["cpu_ms"]), _fmt(c["wall_ms"]), _fmt(c["gflops"]), _fmt(c["peak_mib"])] if c else \
+                ["-"] * 4
+            lines.append("| " + " | ".join([label, m, *vals, reached, cpu_s]) + " |")
+    return lines
+
+
 def _plot_family(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
     import matplotlib
 
@@ -838,10 +983,14 @@ def _plot_family(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
 
 
 def make_study_report(results: str | Path, out_dir: str | Path, title: str | None = None,
-                      records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                      records: list[dict[str, Any]] | None = None, costs: str | Path | None = None) -> dict[str, Any]:
     """``study.md``, ``study.csv`` and one ``study-<task>.png`` (a panel per task setting) per task family.
 
-    ``records``: those of ``results`` already read (with :func:`with_baselines` applied)."""
+    ``study.md`` opens with a summary (:func:`summary_table`, what the README quotes), then,
+    given ``costs`` (records of ``python -m wersa.bench.cost``), the isolated cost per step
+    beside the steps to reach exact attention's validation score (:func:`cost_table`), then
+    one section per task family. ``records``: those of ``results`` already read (with
+    :func:`with_baselines` applied)."""
     results = Path(results)
     if records is None:
         records = with_baselines(read_results(results))[0]
@@ -850,6 +999,20 @@ def make_study_report(results: str | Path, out_dir: str | Path, title: str | Non
     rows = study_rows(records)
     md = [f"# {title or 'Accuracy study'}", "", STUDY_HEADER, "", PAPER_CLAIMS, "",
           f"From `{results}` ({len(records)} records, {len(rows)} (task, mixer) rows).", ""]
+    if rows:
+        md += ["## Summary", "", "Mean over seeds [95% interval] of each task's headline metric, at each mixer's "
+               "chosen learning rate.", "", *summary_table(rows, records), ""]
+        statements = _wersa_vs_sdpa(rows)
+        if statements:
+            md += ["Where WERSA stands against exact attention (sdpa):", "", *statements, ""]
+    if costs is not None:
+        cost_recs = read_results(costs)
+        md += ["## Cost per training step, measured apart from training", "",
+               f"From `{costs}` (`python -m wersa.bench.cost`: each configuration in its own process, median "
+               "of at least 5 steps after 2 warm-up steps; CPU time is robust to other load, wall time is what a "
+               "user waits). The paper's \"training time\" is measured as steps to reach exact attention's "
+               "validation score x isolated CPU seconds per step; validations run every 40 steps, so steps are "
+               "multiples of 40.", "", *cost_table(rows, records, cost_rows(cost_recs)), ""]
     files = [str(out_dir / "study.md")]
     for task in sorted({r["task"] for r in rows}):
         fam = [r for r in rows if r["task"] == task]
