@@ -299,6 +299,9 @@ def default_plan(threads: int, full: bool = False, quick: bool = False):
         cells.append({"mixer": "wersa", "opts": {**wopts, "recompute": False}, "kind": "train", "causal": causal,
                       "n": 16384, "reps": 1})
         cells.append({"kind": "core", "causal": causal, "n": 16384, "recompute": False, "reps": 1})
+    # Performer's plain autograd path beside its default (the memory-lean core, bidirectional).
+    cells.append({"mixer": "performer", "opts": {"num_features": 256, "recompute": False}, "kind": "train",
+                  "causal": False, "n": 16384, "reps": 1})
     if quick:  # up to 16k tokens, 3 timed passes (1 for SDPA), memory-lean paths only: minutes, not hours
         cells = [{**c, "reps": max(c.get("reps", 3), 3)} if c["kind"] in ("train", "core") and c.get("mixer") != "sdpa" else c
                  for c in cells if c.get("n", 0) <= 16384 and c.get("opts", {}).get("recompute", True) and c.get("recompute", True)
