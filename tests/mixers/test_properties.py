@@ -35,7 +35,8 @@ OPTIONS: dict[str, list[dict]] = {
     "wersa": [{}, {"levels": 1, "chunk_size": 4, "num_features": 32},
               {"levels": 3, "chunk_size": 16, "conv_size": 5, "num_features": 32},
               {"feature_map": "relu", "chunk_size": 8, "num_features": 16}],
-    "performer": [{}, {"chunk_size": 4, "num_features": 32}, {"feature_map": "relu", "chunk_size": 16, "num_features": 16}],
+    "performer": [{}, {"chunk_size": 4, "num_features": 32, "block_size": 8},
+                  {"feature_map": "relu", "chunk_size": 16, "num_features": 16}, {"recompute": False}],
     "waveformer": [{}, {"levels": 1, "attention": "softmax"},
                    {"levels": 4, "feature_map": "relu", "num_features": 16},
                    {"form": "joint_haar", "levels": 2, "num_features": 16}],
@@ -56,9 +57,13 @@ OPTIONS: dict[str, list[dict]] = {
 
 
 def _options(name: str) -> list[dict]:
-    accepted = wersa.mixer_options(name)
-    # Keep only options this build accepts, so the file survives option renames.
-    return [o for o in OPTIONS.get(name, [{}]) if set(o) <= set(accepted)] or [{}]
+    accepted = set(wersa.mixer_options(name))
+    sets = OPTIONS.get(name, [{}])
+    # An option set naming an option the mixer does not take (a rename) fails here, loudly:
+    # dropping it silently would leave those paths untested.
+    unknown = [sorted(set(o) - accepted) for o in sets if not set(o) <= accepted]
+    assert not unknown, f"{name}: OPTIONS names options it does not take: {unknown}"
+    return sets
 
 
 def _modes(name: str) -> list[bool]:
