@@ -105,6 +105,21 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
+def add_scale_gates(module: nn.Module, dim: int, levels: int, conv_size: int, hidden: int | None,
+                    dropout: float) -> None:
+    """The content-adaptive scale gates of WERSA and of the published code, as attributes of ``module``.
+
+    ``gate_conv``: depthwise ``Conv1d`` of width ``conv_size``; ``gate_mlp``: ``D -> hidden -> L+1``
+    (``hidden`` defaults to ``D / 4``) with ReLU and dropout; ``scale_weights``: ``(L+1,)``, 0.5 each.
+    Gates are ``sigmoid(gate_mlp(gate_conv(x))) * scale_weights``, one per band.
+    """
+    hidden = hidden if hidden is not None else max(dim // 4, 1)
+    module.gate_conv = nn.Conv1d(dim, dim, conv_size, groups=dim)
+    module.gate_mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                    nn.Linear(hidden, levels + 1))
+    module.scale_weights = nn.Parameter(torch.full((levels + 1,), 0.5))
+
+
 @register_mixer
 class WERSA(RandomFeatureMixin, Mixer):
     """WERSA attention. ``(B, N, D) -> (B, N, D)``; causal, bidirectional, recurrent.
@@ -193,11 +208,7 @@ class WERSA(RandomFeatureMixin, Mixer):
         self.out_proj = nn.Linear(dim, dim, bias=out_bias)
         self.head_norm = nn.LayerNorm(d)
         if levels > 0:  # no gates without bands (and no unused parameters for DDP)
-            hidden = gate_hidden if gate_hidden is not None else max(dim // 4, 1)
-            self.gate_conv = nn.Conv1d(dim, dim, conv_size, groups=dim)
-            self.gate_mlp = nn.Sequential(
-                nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, levels + 1))
-            self.scale_weights = nn.Parameter(torch.full((levels + 1,), 0.5))
+            add_scale_gates(self, dim, levels, conv_size, gate_hidden, dropout)
         self.beta = nn.Parameter(torch.full((num_heads,), _inverse_softplus(bandwidth - min_bandwidth)))
         self._init_features()  # Omega: (H, m, d), one orthogonal matrix per head
 

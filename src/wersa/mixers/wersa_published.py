@@ -37,6 +37,7 @@ from ..ops.haar import haar_dwt, haar_idwt
 from ..ops.linear_attention import linear_attention
 from .base import Capabilities, Mixer
 from .random_features import feature_generator
+from .wersa import add_scale_gates
 from .registry import register_mixer
 
 _BANDWIDTH_FLOOR = 0.1
@@ -91,10 +92,7 @@ class WERSAPublished(Mixer):
         self.out_proj = nn.Linear(dim, dim, bias=out_bias)
         self.head_norm = nn.LayerNorm(d)
         if levels > 0:
-            self.gate_conv = nn.Conv1d(dim, dim, conv_size, groups=dim)
-            self.gate_mlp = nn.Sequential(nn.Linear(dim, dim // 4 or 1), nn.ReLU(), nn.Dropout(dropout),
-                                          nn.Linear(dim // 4 or 1, levels + 1))
-            self.scale_weights = nn.Parameter(torch.full((levels + 1,), 0.5))
+            add_scale_gates(self, dim, levels, conv_size, None, dropout)
         self.beta = nn.Parameter(torch.zeros(()))
         g = feature_generator(feature_seed)
         # [Omega_q, Omega_k], each (m, d), i.i.d. N(0, 1/d)
