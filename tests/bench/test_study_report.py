@@ -67,7 +67,8 @@ def test_study_report_tables_baselines_noise_and_panels(results, tmp_path):
     assert "How to read this" in md and "Paper (arXiv 2507.08637" in md
     assert "## listops" in md and "## shakespeare_lm" in md and "## mqar" in md
     assert "majority %" in md and "chance %" in md and "unigram bpb" in md and "**noise**" in md
-    assert "ListOps-512: WERSA matches sdpa within the intervals" in md
+    assert "ListOps-512: WERSA cannot be told apart from sdpa (accuracy 42 vs 43, difference -1 points, " \
+           "95% interval [" in md
     for task in ("listops", "shakespeare_lm", "mqar"):
         assert (tmp_path / "out" / f"study-{task}.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "out" / "study.csv").read_text().count("\n") == len(rep["rows"]) + 1
@@ -134,3 +135,20 @@ def test_cost_table_steps_to_exact_attentions_score_times_isolated_cost(tmp_path
     assert "| L | sdpa | 500 | 500 | 1 | 1 | 120 | 60 |" in lines
     assert "| L | wersa | 250 | 250 | 1 | 1 | 80 | 20 |" in lines
     assert "| L | fnet | - | - | - | - | not reached | - |" in lines
+
+
+def test_wersa_against_sdpa_tests_the_difference_not_the_overlap():
+    """Two 95% intervals may overlap while the difference's interval excludes 0 (the text task of the
+    study: 39.7 [30.8, 48.6] against 56.9 [47.9, 65.9]); one seed of bits per byte has no interval."""
+    from wersa.bench.report import _wersa_vs_sdpa, difference_ci
+
+    w, s = mean_ci([0.397], binomial_n=116), mean_ci([0.569], binomial_n=116)
+    assert w["hi"] > s["lo"]  # the intervals overlap
+    diff, lo, hi = difference_ci(w, s)
+    assert diff == pytest.approx(-0.172) and hi < 0
+    rows = [{"label": "T", "mixer": "wersa", "accuracy": w}, {"label": "T", "mixer": "sdpa", "accuracy": s},
+            {"label": "LM", "mixer": "wersa", "bpb": mean_ci([4.67])}, {"label": "LM", "mixer": "sdpa",
+                                                                           "bpb": mean_ci([4.71])}]
+    text = "\n".join(_wersa_vs_sdpa(rows))
+    assert "T: WERSA trails sdpa (accuracy 39.7 vs 56.9, difference -17.2 points, 95% interval [-" in text
+    assert "LM: WERSA cannot be compared with sdpa yet (one seed: no interval)" in text

@@ -773,11 +773,24 @@ def _family_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def difference_ci(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, float] | None:
+    """``a - b`` of two :func:`mean_ci` results and its 95% interval, or ``None`` without intervals.
+
+    The half-widths combine in quadrature (``sqrt(ha^2 + hb^2)``): exact for independent normal
+    (binomial, one seed each) estimates, close for Student-t intervals over seeds. Two intervals
+    may overlap while their difference's interval excludes 0; overlap is not the test."""
+    if math.isnan(a["lo"]) or math.isnan(b["lo"]):
+        return None
+    diff = a["mean"] - b["mean"]
+    half = math.hypot(a["hi"] - a["mean"], b["hi"] - b["mean"])
+    return diff, diff - half, diff + half
+
+
 def _wersa_vs_sdpa(rows: list[dict[str, Any]]) -> list[str]:
     """Plain statements: where WERSA matches softmax attention (sdpa), where it trails and by how much."""
     out = []
     by = {(r["label"], r["mixer"]): r for r in rows}
-    for label in sorted({r["label"] for r in rows}):
+    for label in _order([r["label"] for r in rows]):
         w, s = by.get((label, "wersa")), by.get((label, "sdpa"))
         if not w or not s:
             continue
@@ -786,17 +799,21 @@ def _wersa_vs_sdpa(rows: list[dict[str, Any]]) -> list[str]:
         a, b = w.get(metric), s.get(metric)
         if not a or not b:
             continue
-        diff = a["mean"] - b["mean"]
-        overlap = not (a["lo"] > b["hi"] or b["lo"] > a["hi"])
         scale, unit = (100, " points") if metric != "bpb" else (1, " bits per byte")
-        if overlap:
-            verdict = "matches sdpa within the intervals"
-        elif diff * better > 0:
-            verdict = "is ahead of sdpa"
+        d = difference_ci(a, b)
+        diff = a["mean"] - b["mean"]
+        if d is None:
+            verdict, interval = "cannot be compared with sdpa yet (one seed: no interval)", ""
         else:
-            verdict = "trails sdpa"
+            interval = f", 95% interval [{scale * d[1]:+.3g}, {scale * d[2]:+.3g}]"
+            if d[1] <= 0 <= d[2]:
+                verdict = "cannot be told apart from sdpa"
+            elif diff * better > 0:
+                verdict = "is ahead of sdpa"
+            else:
+                verdict = "trails sdpa"
         out.append(f"- {label}: WERSA {verdict} ({metric} {scale * a['mean']:.3g} vs {scale * b['mean']:.3g}, "
-                   f"difference {scale * diff:+.3g}{unit}).")
+                   f"difference {scale * diff:+.3g}{unit}{interval}).")
     return out
 
 
