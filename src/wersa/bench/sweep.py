@@ -365,8 +365,10 @@ def summary_line(rec: dict[str, Any]) -> str:
     if st == "ok":
         if rec.get("accuracy") is not None:
             metric = f"acc {rec['accuracy']:.3f} auc {rec['auc'] if rec.get('auc') is None else format(rec['auc'], '.3f')}"
-        else:
-            metric = f"bpb {rec.get('bpb', float('nan')):.3f}"
+        elif rec.get("bpb") is not None:
+            metric = f"bpb {rec['bpb']:.3f}"
+        else:  # per-token labels that are not text (MQAR's recalled values)
+            metric = f"token acc {rec.get('token_accuracy', float('nan')):.3f}"
         return (f"{head}  {metric}  train {rec['train_time_s']:.1f}s ({rec['steps']} steps)  "
                 f"peak {rec['peak_mem_bytes'] / 2**20:.0f} MiB")
     return f"{head}  {st.upper()}: {(rec.get('error') or rec.get('reason') or '')[:120]}"
