@@ -67,3 +67,34 @@ def test_columns_match_the_registry(name):
         assert linear in ("yes", "—")
     assert form, f"README mixer table: say which form {name!r} builds"
 
+
+
+def _block(name: str) -> str:
+    """The README text between ``<!-- name -->`` and ``<!-- /name -->``."""
+    text = README.read_text(encoding="utf-8")
+    assert f"<!-- {name} -->" in text, f"README.md has no <!-- {name} --> block"
+    return text.split(f"<!-- {name} -->")[1].split(f"<!-- /{name} -->")[0].strip()
+
+
+# The task settings whose step costs the README quotes (the report has every one).
+README_COST_TASKS = ("sFashion-MNIST-784", "Shakespeare-1k (bits per byte)")
+
+
+def readme_tables() -> dict[str, str]:
+    """What `wersa report` makes of the committed results files, for the README's blocks."""
+    from wersa.bench.report import cost_rows, cost_table, study_rows, summary_table, with_baselines
+    from wersa.bench.results import read_results
+
+    results = README.parent / "docs" / "results"
+    records = with_baselines(read_results(results / "study.jsonl"))[0]
+    rows = study_rows(records)
+    costs = cost_rows(read_results(results / "study-cost.jsonl"))
+    return {"study-summary": "\n".join(summary_table(rows, records)).strip(),
+            "study-cost": "\n".join(cost_table(rows, records, costs, README_COST_TASKS)).strip()}
+
+
+def test_results_tables_are_the_study_reports():
+    """The README's accuracy and cost tables are what `wersa report` makes of the committed results
+    files (docs/results/study.jsonl, docs/results/study-cost.jsonl): no hand-copied number."""
+    for name, table in readme_tables().items():
+        assert _block(name) == table, f"README block {name} differs from the report; regenerate it"

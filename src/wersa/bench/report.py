@@ -937,15 +937,18 @@ def steps_to_target(records: list[dict[str, Any]], reference: str = "sdpa"
 
 
 def cost_table(rows: list[dict[str, Any]], records: list[dict[str, Any]],
-               costs: dict[tuple[str, str], dict[str, float]]) -> list[str]:
+               costs: dict[tuple[str, str], dict[str, float]], labels: Iterable[str] | None = None) -> list[str]:
     """Per task setting and mixer: isolated cost per step beside the steps (and CPU seconds) to reach
-    exact attention's validation score (the paper's "training time", measured as steps x cost)."""
+    exact attention's validation score (the paper's "training time", measured as steps x cost).
+    ``labels``: only these task settings (default: all)."""
     reach = steps_to_target(records)
     head = ["task", "mixer", "CPU ms/step", "wall ms/step", "GFLOP/step", "peak MiB", "steps to sdpa's val. score",
             "CPU s to it"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    labels = _order([r["label"] for r in rows])
-    for label in labels:
+    wanted = None if labels is None else set(labels)
+    for label in _order([r["label"] for r in rows]):
+        if wanted is not None and label not in wanted:
+            continue
         for m in _order([r["mixer"] for r in rows if r["label"] == label], SUMMARY_FIRST):
             c = costs.get((label, m))
             steps, hit, n = reach.get((label, m), (None, 0, 0))
