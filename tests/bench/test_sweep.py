@@ -158,11 +158,12 @@ def test_jobs_run_cells_at_once(monkeypatch, tmp_path):
 
 def test_capability_refusal_is_skipped_with_the_reason(tmp_path):
     """A mixer that cannot do what a task needs is refused from its capabilities, before any process starts."""
-    from wersa.bench.sweep import TaskEntry, capability_refusal, task_needs
+    from wersa.bench.sweep import TaskEntry, capability_refusal, prepare_task
 
     recipe = {"task_factory": "bench_standins:make_task"}
     # The stand-in task draws lengths between half and all of the cell length: its batches are padded.
-    needs = task_needs(TaskEntry("bench_first_token", 32, {"length": 32}), recipe, str(tmp_path))
+    reason, needs = prepare_task(TaskEntry("bench_first_token", 32, {"length": 32}), recipe, str(tmp_path))
+    assert reason is None
     assert needs == {"causal": False, "padding": True}
     assert "padding mask" in capability_refusal("wersa_published", {}, 32, needs)
     assert capability_refusal("wersa_published", {}, 32, {"causal": False, "padding": False}) is None

@@ -180,34 +180,36 @@ def _remove_checkpoints(root: Path, key: str | None = None) -> None:
         root.rmdir()  # only succeeds when empty
 
 
-def prepare_task(entry: TaskEntry, recipe: dict[str, Any], cache_dir: str | None) -> str | None:
-    """Generate and cache ``entry``'s splits in this process. Returns ``None`` or why it is unavailable."""
+def prepare_task(entry: TaskEntry, recipe: dict[str, Any], cache_dir: str | None
+                 ) -> tuple[str | None, dict[str, bool] | None]:
+    """Generate and cache ``entry``'s splits in this process.
+
+    Returns why the task is unavailable (``None`` when it is) and, when it is, what it asks of a
+    mixer (:func:`task_needs`)."""
     factory = entry.overrides.get("task_factory", recipe.get("task_factory"))
+    split = recipe.get("eval_split", "test")
     try:
         task = adapters.build_task(entry.name, entry.options, factory, cache_dir=cache_dir)
-        for split in ("train", recipe.get("eval_split", "test")):
-            task.split(split)
+        for name in ("train", split):
+            task.split(name)
         info = task.info
         if entry.length and info.max_length and info.max_length > entry.length:
             return (f"task yields up to {info.max_length} tokens, more than the cell length {entry.length}; "
-                    f"set the task's length option or the cell length")
+                    f"set the task's length option or the cell length"), None
     except adapters.Unavailable as exc:
-        return str(exc)
+        return str(exc), None
     except (FileNotFoundError, ModuleNotFoundError, ImportError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}", None
     except Exception as exc:  # noqa: BLE001 - a task that cannot build must not end the sweep
-        return f"data preparation failed: {type(exc).__name__}: {exc}"
-    return None
+        return f"data preparation failed: {type(exc).__name__}: {exc}", None
+    return None, task_needs(task, entry.length, split)
 
 
-def task_needs(entry: TaskEntry, recipe: dict[str, Any], cache_dir: str | None) -> dict[str, bool]:
-    """What ``entry`` asks of a mixer: a ``causal`` form (language modelling) and a ``padding`` mask
-    (some training or evaluation sequence is shorter than the cell length, so batches are padded)."""
-    factory = entry.overrides.get("task_factory", recipe.get("task_factory"))
-    task = adapters.build_task(entry.name, entry.options, factory, cache_dir=cache_dir)
-    length = entry.length or task.info.max_length
-    padding = any(bool((task.split(split).lengths() < length).any())
-                  for split in ("train", recipe.get("eval_split", "test")))
+def task_needs(task, length: int | None, eval_split: str = "test") -> dict[str, bool]:
+    """What a built ``task`` asks of a mixer: a ``causal`` form (language modelling) and a ``padding``
+    mask (some training or evaluation sequence is shorter than the cell ``length``, so batches are padded)."""
+    length = length or task.info.max_length
+    padding = any(bool((task.split(split).lengths() < length).any()) for split in ("train", eval_split))
     return {"causal": task.info.kind == "language_modeling", "padding": padding}
 
 
@@ -303,9 +305,10 @@ def _run_round(sweep: Sweep, out: Path, cache_dir: str, retry_failed: bool, prog
     # Only the data of the cells that run now (a capped run does not generate every task first).
     needed = {e.title: e for e, _ in (todo if max_cells is None else todo[:max_cells])}
     for title, entry in tqdm(needed.items(), desc="prepare data", disable=not progress, dynamic_ncols=True):
-        task_missing[title] = prepare_task(entry, sweep.recipe, cache_dir)
-        if task_missing[title] is None and sweep.recipe.get("model_factory") is None:
-            needs[title] = task_needs(entry, sweep.recipe, cache_dir)
+        task_missing[title], task_asks = prepare_task(entry, sweep.recipe, cache_dir)
+        # A custom model (model_factory) decides for itself what it can run.
+        if task_asks is not None and sweep.recipe.get("model_factory") is None:
+            needs[title] = task_asks
     mem = int(sweep.mem_limit_gb * 1024 ** 3) if sweep.mem_limit_gb else None
     written = []
     for m, why in mixer_missing.items():
@@ -332,12 +335,12 @@ def _run_round(sweep: Sweep, out: Path, cache_dir: str, retry_failed: bool, prog
             if progress:
                 tqdm.write(summary_line(rec))
         else:
-            runnable.append((entry, cfg, key, base))
+            runnable.append((cfg, key, base))
     if max_cells is not None:
         runnable = runnable[:max_cells]
 
     def run(item):
-        entry, cfg, key, base = item
+        cfg, key, base = item
         base = {**base, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         return key, {**base, **run_cell("wersa.bench.train:run_cell", cfg.to_dict(), mem_limit_bytes=mem,
                                         timeout_s=sweep.timeout_s, threads=cfg.threads)}

@@ -66,16 +66,15 @@ def _scaled_inputs(x: Tensor, inv_b: Tensor, normalize: bool) -> tuple[Tensor, T
     return x / norm * inv_b, norm
 
 
-def _block_features(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, offsets, normalize: bool = True,
-                    key_mask: Tensor | None = None):
-    """``offsets``: ``(query, key)`` constants subtracted from the exponents (see ``_offsets``).
+def _block_exponents(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, offsets, normalize: bool = True,
+                     key_mask: Tensor | None = None):
+    """The feature exponents of one block, shifted by ``offsets`` (``(query, key)``, see ``_offsets``).
 
-    ``(B, H, T, d) -> phi (B, H, T, m)`` plus what its backward needs (``x^`` and the clamped norm).
-    ``key_mask`` ``(B, T)``: padded keys' features are 0 (their exponents are set to -inf
-    before ``exp``: a padded key far above the shift would otherwise give inf, and inf * 0 = NaN)."""
+    ``(B, H, T, d) -> e (B, H, T, m)`` plus what the backward needs (``x^`` and the clamped norm).
+    ``key_mask`` ``(B, T)``: padded keys' exponents are -inf (features 0; a padded key far
+    above the shift would otherwise give inf, and inf * 0 = NaN)."""
     xn, norm = _scaled_inputs(x, inv_b, normalize)
-    e = xn @ omega_t  # (B, H, T, m)
-    # exp(e - |x^|^2/2 - [row max]) / sqrt(m), in place: one (T, m) buffer per block.
+    e = xn @ omega_t  # (B, H, T, m), shifted in place: one (T, m) buffer per block
     if is_query:
         # The row max of (e - |x^|^2/2) is max(e) - |x^|^2/2: the |x^|^2 term cancels.
         shift = e.amax(-1, keepdim=True) + offsets[0]
@@ -84,8 +83,14 @@ def _block_features(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, o
     e.sub_(shift)
     if key_mask is not None and not is_query:
         e.masked_fill_(~key_mask[:, None, :, None], float("-inf"))
-    e.exp_()
     return e, xn, norm
+
+
+def _block_features(x: Tensor, omega_t: Tensor, inv_b: Tensor, is_query: bool, offsets, normalize: bool = True,
+                    key_mask: Tensor | None = None):
+    """``exp`` of :func:`_block_exponents`: ``phi (B, H, T, m)``, ``x^`` and the clamped norm."""
+    e, xn, norm = _block_exponents(x, omega_t, inv_b, is_query, offsets, normalize, key_mask)
+    return e.exp_(), xn, norm
 
 
 def _features_backward(g_e: Tensor, xn: Tensor, norm: Tensor, inv_b: Tensor, omega: Tensor):
@@ -146,10 +151,8 @@ def _running_max_key_sums(k, v, omega_t, inv_b, key_mask, block, log_scale, norm
     kv = v.new_zeros(B, H, omega_t.shape[-1], d + 1)
     run = v.new_full((B, H, 1, 1), float("-inf"))
     for s, t in _blocks(N, block):
-        xn, _ = _scaled_inputs(k[:, :, s:t], inv_b, normalize)
-        e = (xn @ omega_t).sub_(0.5 * (xn * xn).sum(-1, keepdim=True))
-        if key_mask is not None:
-            e.masked_fill_(~key_mask[:, None, s:t, None], float("-inf"))
+        e, _, _ = _block_exponents(k[:, :, s:t], omega_t, inv_b, False, (0.0, 0.0), normalize,
+                                   _rows(key_mask, s, t))
         new = torch.maximum(run, e.amax(dim=(-1, -2), keepdim=True))
         safe = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
         # exp(-inf - x) = 0: padded keys and rows without real keys so far add nothing.
