@@ -396,7 +396,7 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
         """Training time so far, across resumes, without checkpoint writing and validation."""
         return prior_time + time.perf_counter() - t_start - checkpoint_time - validation_time
 
-    def save_checkpoint(finished: bool, train_s: float | None = None) -> None:
+    def save_checkpoint(finished: bool, train_s: float | None = None, peak_bytes: int | None = None) -> None:
         nonlocal checkpoint_time
         if store is None:
             return
@@ -407,7 +407,7 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
                 "step": steps, "batches_consumed": steps, "tokens": tokens, "losses": losses,
                 "step_times": step_times, "train_time_s": train_s,
                 "resumes": resumes, "stopped_by": stopped_by, "done": finished,
-                "peak_mem_bytes": max(prior_peak, peak.peak_bytes()),
+                "peak_mem_bytes": max(prior_peak, peak.peak_bytes()) if peak_bytes is None else peak_bytes,
                 "best": best, "val_history": val_history,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_states(),
             })
@@ -447,12 +447,14 @@ def run_training(cfg: TrainConfig, save_params: str | None = None, progress: boo
     if not done and cfg.eval_every and (not val_history or val_history[-1][0] != steps):
         validate()  # the last model is a candidate too
     train_time = elapsed() if not done else prior_time
-    if not done:
-        # Training is over: a kill during evaluation does not repeat it.
-        save_checkpoint(finished=True, train_s=train_time)
-    bar.close()
+    # Read once, before the checkpoint is written: serialising it can raise the high-water
+    # mark, and a run resumed after training must report the same peak as this one.
     # A run resumed after training measured nothing new: its peak is the one saved with training.
     peak_bytes = prior_peak if done else max(prior_peak, peak.peak_bytes())
+    if not done:
+        # Training is over: a kill during evaluation does not repeat it.
+        save_checkpoint(finished=True, train_s=train_time, peak_bytes=peak_bytes)
+    bar.close()
 
     record: dict[str, Any] = {
         "steps": steps, "stopped_by": stopped_by, "train_time_s": train_time,
