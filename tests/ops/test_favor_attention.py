@@ -184,14 +184,20 @@ def test_lean_haar_filter(levels):
     assert_close_with_grads(a, r, (x, *gains))
 
 
-@pytest.mark.parametrize("levels", [0, 1, 2, 3])
-def test_lean_causal_pyramid(levels):
+@pytest.mark.parametrize("n", [1, 5, 13, 40])
+@pytest.mark.parametrize("levels", [0, 1, 2, 3, 4, 5])  # 5: the level recursion, below: the taps
+def test_lean_causal_pyramid(levels, n):
     g = torch.Generator().manual_seed(levels)
-    x = torch.randn(2, 3, 13, 4, generator=g, dtype=F64, requires_grad=True)
-    gains = torch.rand(2, 13, levels + 1, generator=g, dtype=F64, requires_grad=True)
+    x = torch.randn(2, 3, n, 4, generator=g, dtype=F64, requires_grad=True)
+    gains = torch.rand(2, n, levels + 1, generator=g, dtype=F64, requires_grad=True)
     assert gradcheck(lambda x, gs: causal_haar_pyramid_lean(x, gs, levels), (x, gains), fast_mode=True)
     assert_close_with_grads(causal_haar_pyramid_lean(x, gains, levels), causal_haar_pyramid(x, gains, levels),
                             (x, gains))
+    # The layer's layout: a transposed view of a wider projection, gains only (no grad for x).
+    wide = torch.randn(2, n, 24, generator=g, dtype=F64)
+    view = wide[..., :12].view(2, n, 3, 4).transpose(1, 2)
+    assert_close_with_grads(causal_haar_pyramid_lean(view, gains, levels), causal_haar_pyramid(view, gains, levels),
+                            (gains,))
 
 
 # ------------------------------------------------------------------------ the mixer

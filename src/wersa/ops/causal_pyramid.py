@@ -170,11 +170,71 @@ class _CausalPyramidLean(torch.autograd.Function):
         return g_x, g_gains, None
 
 
-def causal_haar_pyramid_lean(x: Tensor, gains: Tensor, levels: int) -> Tensor:
-    """:func:`causal_haar_pyramid` with a backward pass that recomputes the means (same values and gradients).
+def _delay_weights(gains: Tensor, levels: int, like: Tensor) -> Tensor:
+    """Per-token weights of the pyramid's window, by delay: ``(B, N, L+1) -> (B, 1.., N, 2^L)``.
 
-    Saves ``x`` and the gains only, instead of one ``x``-sized band per level.
+    Entry ``s`` weighs the input ``s`` tokens back (``0`` is the token itself), shaped to
+    broadcast against ``like`` ``(B, ..., N, d)`` once its last axis is sliced.
+    """
+    w = (gains @ pyramid_window_weights(levels, dtype=gains.dtype, device=gains.device)).flip(-1)
+    return w.reshape(w.shape[0], *([1] * (like.dim() - 3)), w.shape[1], w.shape[2]).to(like.dtype)
+
+
+class _CausalPyramidTaps(torch.autograd.Function):
+    """:func:`causal_haar_pyramid` as ``2^L`` taps per token, saving only its inputs.
+
+    The output at ``t`` is ``sum_s w_s[t] x[t - s]`` over the window's ``2^L`` delays,
+    with ``w[t] = g[t] @ W`` (:func:`pyramid_window_weights`). Each delay is one in-place
+    multiply-add over a shifted view, no copy, so the pass costs ``2^L`` sweeps of ``x``
+    where the level recursion costs about five allocating sweeps per level: fewer for
+    ``L <= 4``. The backward pass is the same sweep with the delays reversed, and the
+    gains' gradient is ``<dy[t], x[t - s]>`` mapped back through ``W``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gains, levels):
+        ctx.levels = levels
+        ctx.save_for_backward(x, gains)
+        w = _delay_weights(gains, levels, x)
+        n = x.shape[-2]
+        y = x * w[..., 0:1]
+        for s in range(1, min(2 ** levels, n)):
+            y[..., s:, :].addcmul_(w[..., s:, s:s + 1], x[..., :n - s, :])
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, gains = ctx.saved_tensors
+        L, n = ctx.levels, x.shape[-2]
+        g_x = g_gains = None
+        if ctx.needs_input_grad[0]:
+            w = _delay_weights(gains, L, x)
+            g_x = gy * w[..., 0:1]
+            for s in range(1, min(2 ** L, n)):
+                g_x[..., :n - s, :].addcmul_(w[..., s:, s:s + 1], gy[..., s:, :])
+        if ctx.needs_input_grad[1]:
+            shared = tuple(range(1, x.dim() - 2)) + (x.dim() - 1,)
+            g_w = gy.new_zeros(gains.shape[0], n, 2 ** L)  # by delay
+            for s in range(min(2 ** L, n)):
+                g_w[:, s:, s] = (gy[..., s:, :] * x[..., :n - s, :]).sum(dim=shared)
+            window = pyramid_window_weights(L, dtype=g_w.dtype, device=g_w.device)
+            g_gains = (g_w.flip(-1) @ window.T).to(gains.dtype)
+        return g_x, g_gains, None
+
+
+# Up to this many levels the taps form makes fewer passes over x than the level recursion.
+TAPS_MAX_LEVELS = 4
+
+
+def causal_haar_pyramid_lean(x: Tensor, gains: Tensor, levels: int) -> Tensor:
+    """:func:`causal_haar_pyramid` saving only ``x`` and the gains (same values and gradients).
+
+    Autograd through the plain form keeps one ``x``-sized band per level. Up to
+    :data:`TAPS_MAX_LEVELS` levels this runs the window taps (:class:`_CausalPyramidTaps`),
+    beyond them the level recursion with its Horner-scheme backward (:class:`_CausalPyramidLean`).
     """
     if gains.shape[-1] != levels + 1:
         raise ValueError(f"gains must have {levels + 1} bands in the last axis, got {gains.shape[-1]}")
+    if levels <= TAPS_MAX_LEVELS:
+        return _CausalPyramidTaps.apply(x, gains, levels)
     return _CausalPyramidLean.apply(x, gains, levels)
