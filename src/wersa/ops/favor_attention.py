@@ -226,8 +226,13 @@ def _causal_chunks(phi_q, phi_k, v, state, c):
     tril = torch.ones(c, c, dtype=torch.bool, device=phi_q.device).tril().to(phi_q.dtype)
     scores = (qc @ kc.transpose(-1, -2)).mul_(tril)  # (B, H, C, c, c)
     chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, C, m, e)
-    # Exclusive prefix over chunks (shifted inclusive sums, not "cumsum - self": no cancellation).
-    before = torch.cat([state.unsqueeze(2), torch.cumsum(chunk_kv[:, :, :-1], dim=2).add_(state.unsqueeze(2))], dim=2)
+    # Exclusive prefix over chunks, one add per chunk into a preallocated tensor (not
+    # "cumsum - self": no cancellation). torch.cumsum along this axis, plus the concatenation
+    # with the entering state, ran about 10x slower than these adds of (m, e) slices.
+    before = torch.empty_like(chunk_kv)
+    before[:, :, 0] = state
+    for j in range(1, C):
+        torch.add(before[:, :, j - 1], chunk_kv[:, :, j - 1], out=before[:, :, j])
     new_state = before[:, :, -1] + chunk_kv[:, :, -1]
     return qc, kc, vc, scores, before, new_state, tril, pad
 
@@ -293,16 +298,17 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
         g_vc = scores.transpose(-1, -2) @ g_out
         # before_j = state + sum_{i<j} kv_i, state_out = state + sum_i kv_i
         g_before = qc.transpose(-1, -2) @ g_out  # (B, H, C, m, e)
-        # g_kv_i = sum_{j > i} g_before_j (+ g_state): an exclusive suffix sum, computed without
-        # "total - cumsum" cancellation (a query row with no real key divides by eps, so one
-        # chunk's g_before may exceed the others by 1/eps).
-        suffix = torch.flip(torch.cumsum(torch.flip(g_before[:, :, 1:], dims=(2,)), dim=2), dims=(2,))
-        g_kv = torch.cat([suffix, torch.zeros_like(g_before[:, :, :1])], dim=2)
-        total = g_before[:, :, 0] + (suffix[:, :, 0] if C > 1 else 0)
-        if g_state is not None:
-            g_kv += g_state.unsqueeze(2)
-            total = total + g_state
-        g_state = total
+        # g_kv_i = g_state + sum_{j > i} g_before_j: an exclusive suffix sum, one add per chunk,
+        # without "total - cumsum" cancellation (a query row with no real key divides by eps,
+        # so one chunk's g_before may exceed the others by 1/eps).
+        g_kv = torch.empty_like(g_before)
+        if g_state is None:
+            g_kv[:, :, -1] = 0
+        else:
+            g_kv[:, :, -1] = g_state
+        for j in range(C - 2, -1, -1):
+            torch.add(g_kv[:, :, j + 1], g_before[:, :, j + 1], out=g_kv[:, :, j])
+        g_state = g_kv[:, :, 0] + g_before[:, :, 0]
         # chunk_kv = kc^T @ vc
         g_kc += vc @ g_kv.transpose(-1, -2)
         g_vc += kc @ g_kv
