@@ -30,11 +30,14 @@ gradients. What changes is the cost:
 * Bidirectional: two passes, key sums ``[S | z]`` then queries; the backward pass
   mirrors them (queries first, which yields ``dL/d[S | z]``, then keys).
 * Causal: inside a block, the chunked form of
-  :func:`~wersa.ops.linear_attention.causal_linear_attention` (masked
-  ``chunk x chunk`` products plus an exclusive prefix over chunk states), batched
-  over the block's chunks; across blocks, the running state is carried forward
-  and its gradient carried backward (blocks in reverse, the state entering each
-  block saved in the forward pass).
+  :func:`~wersa.ops.linear_attention.causal_linear_attention`, one chunk at a
+  time: a masked ``chunk x chunk`` product for the chunk's own keys plus one GEMM
+  against the running ``(m, d + 1)`` state, then the state absorbs the chunk.
+  Only chunk-sized temporaries exist (no per-chunk state stack), which keeps the
+  working set in cache. Across blocks, the running state is carried forward and
+  its gradient carried backward (blocks in reverse, the state entering each block
+  saved in the forward pass; the backward pass rebuilds the states inside a block
+  in one forward sweep, then runs the reverse sweep with a running state gradient).
 * The denominator rides along as a ones column appended to ``v`` (per block, not
   a copy of the whole ``v``), so numerator and denominator come from the same GEMM.
 
@@ -130,6 +133,12 @@ def _output_grad(gy: Tensor, y: Tensor, den: Tensor) -> Tensor:
     return torch.cat([gy / den, -(gy * y).sum(-1, keepdim=True) / den], dim=-1)
 
 
+def _add_matmul_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``acc += a @ b`` as one GEMM accumulating into ``acc`` (contiguous): no ``a @ b`` temporary."""
+    acc.view(-1, *acc.shape[-2:]).baddbmm_(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return acc
+
+
 def _rows(mask: Tensor | None, s: int, t: int) -> Tensor | None:
     """Tokens ``s:t`` of a ``(B, N)`` mask (``None`` stays ``None``)."""
     return None if mask is None else mask[:, s:t]
@@ -208,47 +217,69 @@ def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, bl
 
 
 # ------------------------------------------------------------------------ causal
-def _causal_chunks(phi_q, phi_k, v, state, c):
-    """The chunk-state form of one block, batched over its chunks (what forward and backward share).
-
-    Returns ``qc, kc, vc`` (chunked, zero-padded to a multiple of ``c``), the masked
-    intra-chunk scores ``(B, H, C, c, c)``, the state entering each chunk
-    ``before (B, H, C, m, d+1)``, the state leaving the block, the mask and the padding.
-    """
+def _chunk_views(phi_q: Tensor, phi_k: Tensor, v: Tensor):
+    """``(B*H, T, .)`` views of one block's features and ``[v | 1]``, and the causal mask of a chunk."""
     B, H, T, m = phi_q.shape
     vv = _ones_column(v)
-    e = vv.shape[-1]
-    pad = (-T) % c
-    if pad:  # features of padded tokens are zero: they add nothing
-        phi_q, phi_k, vv = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, vv))
-    C = (T + pad) // c
-    qc, kc, vc = phi_q.view(B, H, C, c, m), phi_k.view(B, H, C, c, m), vv.view(B, H, C, c, e)
-    tril = torch.ones(c, c, dtype=torch.bool, device=phi_q.device).tril().to(phi_q.dtype)
-    scores = (qc @ kc.transpose(-1, -2)).mul_(tril)  # (B, H, C, c, c)
-    chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, C, m, e)
-    # Exclusive prefix over chunks, one add per chunk into a preallocated tensor (not
-    # "cumsum - self": no cancellation). torch.cumsum along this axis, plus the concatenation
-    # with the entering state, ran about 10x slower than these adds of (m, e) slices.
-    before = torch.empty_like(chunk_kv)
-    before[:, :, 0] = state
-    for j in range(1, C):
-        torch.add(before[:, :, j - 1], chunk_kv[:, :, j - 1], out=before[:, :, j])
-    new_state = before[:, :, -1] + chunk_kv[:, :, -1]
-    return qc, kc, vc, scores, before, new_state, tril, pad
+    return (phi_q.reshape(B * H, T, m), phi_k.reshape(B * H, T, m), vv.view(B * H, T, vv.shape[-1]),
+            lambda c: torch.ones(c, c, dtype=phi_q.dtype, device=phi_q.device).tril_())
 
 
 def _causal_block(phi_q, phi_k, v, state, c):
     """Chunked causal linear attention of one block: ``out (B, H, T, d+1)`` and the state after it.
 
-    Per chunk, the intra-chunk part is a masked ``c x c`` GEMM and the inter-chunk part one
-    ``(c, m) @ (m, d+1)`` GEMM with the state entering the chunk.
+    The chunks go by in order carrying one ``(m, d+1)`` state per (batch row, head): per
+    chunk, a masked ``c x c`` GEMM for the keys inside it and one GEMM with the state
+    entering it. Every temporary is chunk-sized, so none is a fresh ``(T, m)``-sized
+    allocation (on CPU, first-touch page faults on fresh memory cost as much as the
+    adds of a materialised ``(T / c, m, d+1)`` chunk-state tensor).
     """
-    T = phi_q.shape[2]
-    qc, _, vc, scores, before, new_state, _, _ = _causal_chunks(phi_q, phi_k, v, state, c)
-    out = scores @ vc
-    out += qc @ before
-    B, H, C = out.shape[:3]
-    return out.view(B, H, C * c, -1)[:, :, :T], new_state
+    B, H, T, m = phi_q.shape
+    q3, k3, v3, tril = _chunk_views(phi_q, phi_k, v)
+    out = v3.new_empty(v3.shape)
+    run = state.reshape(B * H, m, -1).clone()
+    mask = tril(c)
+    for s, t in _blocks(T, c):
+        qj, kj, vj = q3[:, s:t], k3[:, s:t], v3[:, s:t]
+        scores = torch.bmm(qj, kj.transpose(1, 2)).mul_(mask[:t - s, :t - s])
+        oj = out[:, s:t].baddbmm_(scores, vj, beta=0)
+        oj.baddbmm_(qj, run)
+        run.baddbmm_(kj.transpose(1, 2), vj)
+    return out.view(B, H, T, -1), run.view(B, H, m, -1)
+
+
+def _causal_block_backward(phi_q, phi_k, v, state, g_out, g_state, c):
+    """Gradients of :func:`_causal_block` with respect to its features, ``[v | 1]`` and entering state.
+
+    ``out_j = tril(q_j k_j^T) vv_j + q_j S_j`` with ``S_j`` the state entering chunk ``j``.
+    In chunk order the states are rebuilt and everything that needs ``S_j`` is done; in
+    reverse order the gradient of the state, ``G_j = g_state + sum_{i > j} q_i^T g_out_i``
+    (a sequential suffix sum, no "total - prefix" cancellation), feeds the keys and values.
+    Returns ``g_phi_q``, ``g_phi_k`` ``(B, H, T, m)``, ``g_vv`` ``(B, H, T, d+1)`` and the
+    gradient of the state entering the block ``(B, H, m, d+1)``.
+    """
+    B, H, T, m = phi_q.shape
+    q3, k3, v3, tril = _chunk_views(phi_q, phi_k, v)
+    go3 = g_out.reshape(B * H, T, -1)
+    g_q3, g_k3, g_v3 = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
+    run = state.reshape(B * H, m, -1).clone()
+    mask = tril(c)
+    for s, t in _blocks(T, c):
+        qj, kj, vj, gj = q3[:, s:t], k3[:, s:t], v3[:, s:t], go3[:, s:t]
+        tri = mask[:t - s, :t - s]
+        scores = torch.bmm(qj, kj.transpose(1, 2)).mul_(tri)
+        g_scores = torch.bmm(gj, vj.transpose(1, 2)).mul_(tri)
+        g_q3[:, s:t].baddbmm_(g_scores, kj, beta=0).baddbmm_(gj, run.transpose(1, 2))
+        g_k3[:, s:t].baddbmm_(g_scores.transpose(1, 2), qj, beta=0)
+        g_v3[:, s:t].baddbmm_(scores.transpose(1, 2), gj, beta=0)
+        run.baddbmm_(kj.transpose(1, 2), vj)
+    g_run = run.zero_() if g_state is None else g_state.reshape(B * H, m, -1).clone()
+    for s, t in reversed(_blocks(T, c)):
+        qj, kj, vj, gj = q3[:, s:t], k3[:, s:t], v3[:, s:t], go3[:, s:t]
+        g_k3[:, s:t].baddbmm_(vj, g_run.transpose(1, 2))
+        g_v3[:, s:t].baddbmm_(kj, g_run)
+        g_run.baddbmm_(qj.transpose(1, 2), gj)
+    return (g_q3.view(B, H, T, m), g_k3.view(B, H, T, m), g_v3.view(B, H, T, -1), g_run.view(B, H, m, -1))
 
 
 def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, state=None, normalize=True):
@@ -279,45 +310,16 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
     blocks = _blocks(N, block)
     for i in range(len(blocks) - 1, -1, -1):
         s, t = blocks[i]
-        T = t - s
         phi_q, xq, nq = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
         phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
                                            _rows(key_mask, s, t))
-        # The backward needs the chunk states and scores, not the block's output: no recomputed output.
-        qc, kc, vc, scores, before, _, tril, pad = _causal_chunks(phi_q, phi_k, v[:, :, s:t], states[i], c)
-        C = qc.shape[2]
         g_out = _output_grad(gy[:, :, s:t], y[:, :, s:t], den[:, :, s:t])
-        if pad:
-            g_out = F.pad(g_out, (0, 0, 0, pad))
-        g_out = g_out.view(B, H, C, c, d + 1)
-        # out = scores @ vc + qc @ before
-        g_scores = (g_out @ vc.transpose(-1, -2)).mul_(tril)
-        g_qc = g_scores @ kc
-        g_qc += g_out @ before.transpose(-1, -2)
-        g_kc = g_scores.transpose(-1, -2) @ qc
-        g_vc = scores.transpose(-1, -2) @ g_out
-        # before_j = state + sum_{i<j} kv_i, state_out = state + sum_i kv_i
-        g_before = qc.transpose(-1, -2) @ g_out  # (B, H, C, m, e)
-        # g_kv_i = g_state + sum_{j > i} g_before_j: an exclusive suffix sum, one add per chunk,
-        # without "total - cumsum" cancellation (a query row with no real key divides by eps,
-        # so one chunk's g_before may exceed the others by 1/eps).
-        g_kv = torch.empty_like(g_before)
-        if g_state is None:
-            g_kv[:, :, -1] = 0
-        else:
-            g_kv[:, :, -1] = g_state
-        for j in range(C - 2, -1, -1):
-            torch.add(g_kv[:, :, j + 1], g_before[:, :, j + 1], out=g_kv[:, :, j])
-        g_state = g_kv[:, :, 0] + g_before[:, :, 0]
-        # chunk_kv = kc^T @ vc
-        g_kc += vc @ g_kv.transpose(-1, -2)
-        g_vc += kc @ g_kv
-        g_phi_q = g_qc.view(B, H, C * c, -1)[:, :, :T]
-        g_phi_k = g_kc.view(B, H, C * c, -1)[:, :, :T]
-        g_v[:, :, s:t] = g_vc.view(B, H, C * c, d + 1)[:, :, :T, :d]
-        g_q[:, :, s:t], gb = _features_backward(g_phi_q * phi_q, xq, nq, inv_b, omega)
+        g_phi_q, g_phi_k, g_vv, g_state = _causal_block_backward(phi_q, phi_k, v[:, :, s:t], states[i], g_out,
+                                                                 g_state, c)
+        g_v[:, :, s:t] = g_vv[..., :d]
+        g_q[:, :, s:t], gb = _features_backward(g_phi_q.mul_(phi_q), xq, nq, inv_b, omega)
         g_b += gb
-        g_k[:, :, s:t], gb = _features_backward(g_phi_k * phi_k, xk, nk, inv_b, omega)  # phi_k is masked
+        g_k[:, :, s:t], gb = _features_backward(g_phi_k.mul_(phi_k), xk, nk, inv_b, omega)  # phi_k is masked
         g_b += gb
     return g_q, g_k, g_v, g_b
 
