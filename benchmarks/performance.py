@@ -190,7 +190,10 @@ def run_core(cell):
     torch = _setup(cell["threads"])
     from torch.utils.flop_counter import FlopCounterMode
 
+    from wersa.bench.flops import register_extra_flop_formulas
     from wersa.ops.favor_attention import favor_attention, favor_attention_reference
+
+    register_extra_flop_formulas()  # the core's in-place accumulating matmuls (baddbmm_) count too
 
     B, H, n, d, m = 1, cell.get("heads", 8), cell["n"], cell.get("head_dim", 64), cell.get("m", 256)
     g = torch.Generator().manual_seed(0)
@@ -260,11 +263,12 @@ def measure_cell(cell):
     return KINDS[cell["kind"]](cell)
 
 
-def run_isolated_cell(cell, timeout):
-    """``cell`` in a fresh process (passive OpenMP waiting, load and threads recorded); failures carry ``error``."""
+def run_isolated_cell(cell, timeout, omp_wait_policy=None):
+    """``cell`` in a fresh process (load, threads and OpenMP wait policy recorded); failures carry ``error``."""
     from wersa.bench.cell import run_cell
 
-    res = run_cell(f"{os.path.abspath(__file__)}:measure_cell", cell, timeout_s=timeout, threads=cell["threads"])
+    res = run_cell(f"{os.path.abspath(__file__)}:measure_cell", cell, timeout_s=timeout, threads=cell["threads"],
+                   omp_wait_policy=omp_wait_policy)
     return {**cell, **res, "process_seconds": res["wall_s"]}
 
 
@@ -310,6 +314,8 @@ def default_plan(threads: int, full: bool = False, quick: bool = False):
         for causal in (False, True):
             cells.append({"mixer": "sdpa", "kind": "train", "causal": causal, "n": 65536, "reps": 1,
                           "warmup": False})
+        for mixer, opts in (("wersa", wopts), ("sdpa", {})):  # the target's 64k prompt
+            cells.append({"mixer": mixer, "opts": opts, "kind": "generate", "causal": True, "n": 65536, "new": 256})
     for c in cells:
         c.setdefault("threads", threads)
     return cells
@@ -336,6 +342,10 @@ def report(path):
     def fmt(x, spec=".2f"):
         return "n/a" if x is None else format(x, spec)
 
+    policies = sorted({str(r.get("omp_wait_policy")) for r in rows})
+    print(f"OpenMP wait policy of the cells: {', '.join(policies)}; threads: "
+          f"{', '.join(sorted({str(r.get('threads')) for r in rows}))}")
+    print()
     print("| cell | wall s | CPU s | peak above baseline GiB |")
     print("|---|---|---|---|")
     for r in rows:
@@ -372,9 +382,9 @@ def report(path):
     wf = _find(rows, kind="train", mixer="waveformer", n=16384)
     for key in ("seconds", "cpu_seconds"):
         print(f"waveformer/wersa bidir 16k ({key}): {fmt(ratio(W(False, 16384), wf, key))}")
-    for mixer in ("wersa", "sdpa"):
-        g = _find(rows, kind="generate", mixer=mixer)
-        if g:
+    for g in rows:
+        if g.get("kind") == "generate" and "error" not in g:
+            mixer = g["mixer"]
             print(f"generate {mixer} {g['n'] // 1024}k prompt + {g['new']}: {g['decode_tokens_per_s']:.1f} tokens/s "
                   f"({g['decode_tokens_per_cpu_s']:.1f} per CPU s), first token after {g['seconds_to_first_token']:.1f} s, "
                   f"VmRSS first/last token {g['rss_first_token_bytes'] / 2**20:.1f}/{g['rss_last_token_bytes'] / 2**20:.1f} MiB, "
@@ -398,6 +408,9 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", default=None, help="run only cells whose JSON contains all these substrings")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--omp-wait-policy", choices=["default", "PASSIVE", "ACTIVE"], default="default",
+                   help="OMP_WAIT_POLICY of the cell processes: 'default' leaves the OpenMP runtime's own "
+                        "(what a user's process gets; measure on an idle machine), PASSIVE for a shared one")
     p.add_argument("--out", default=None, help="append results (JSON lines) to this file")
     p.add_argument("--report", default=None, help="print the summary of a results file and exit")
     args = p.parse_args(argv)
@@ -413,7 +426,7 @@ def main(argv=None):
     if args.only:
         cells = [c for c in cells if all(s in json.dumps(c) for s in args.only)]
     for cell in cells:
-        res = run_isolated_cell(cell, args.timeout)
+        res = run_isolated_cell(cell, args.timeout, None if args.omp_wait_policy == "default" else args.omp_wait_policy)
         line = json.dumps(res)
         print(line, flush=True)
         if args.out:

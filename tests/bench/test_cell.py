@@ -37,6 +37,17 @@ def test_every_cell_waits_passively_and_records_load_threads_and_limits():
     assert 1 <= auto_threads() <= auto["cpu_count"]
 
 
+def test_the_wait_policy_can_be_active_or_the_runtime_default(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    rec = run_cell(f"{STANDINS}:report_environment", {}, timeout_s=60, threads=1, omp_wait_policy=None)
+    assert rec["status"] == "ok", rec
+    assert rec["omp_wait_policy_seen"] is None and rec["omp_wait_policy"] == "default"
+    rec = run_cell(f"{STANDINS}:report_environment", {}, timeout_s=60, threads=1, omp_wait_policy="ACTIVE")
+    assert rec["omp_wait_policy_seen"] == rec["omp_wait_policy"] == "ACTIVE"
+    with pytest.raises(ValueError, match="omp_wait_policy"):
+        run_cell(f"{STANDINS}:report_environment", {}, omp_wait_policy="passive-ish")
+
+
 def test_a_kill_from_outside_is_not_an_out_of_memory():
     rec = run_cell(f"{STANDINS}:kill_self", {"signal": "SIGKILL"}, mem_limit_bytes=2**30, timeout_s=60)
     assert rec["status"] == "killed" and rec["signal"] == "SIGKILL", rec

@@ -57,3 +57,27 @@ def test_forward_and_step_flops_linear_model():
     assert fwd == 2 * 4 * 5 * 3
     assert step == 2 * fwd  # input needs no grad: forward + the weight-gradient product
     assert m.lin.weight.grad is None
+
+
+def test_in_place_matmuls_count_like_their_out_of_place_forms():
+    """``baddbmm_`` / ``addmm_`` (the memory-lean causal core accumulates with them) are matmuls too."""
+    a, b = torch.randn(3, 4, 5), torch.randn(3, 5, 6)
+    acc = torch.zeros(3, 4, 6)
+    assert count_flops(lambda: acc.baddbmm_(a, b)) == 2 * 3 * 4 * 5 * 6
+    assert count_flops(lambda: acc.baddbmm_(a, b, beta=0)) == count_flops(lambda: torch.baddbmm(acc, a, b))
+    assert count_flops(lambda: acc[0].addmm_(a[0], b[0])) == 2 * 4 * 5 * 6
+
+
+def test_the_causal_memory_lean_core_counts_every_product():
+    """Forward of the chunked causal core, counted by hand: features (2 n m d per side) and, per
+    chunk of c tokens, scores (2 c c m), their product with [v | 1] (2 c c (d+1)), the queries
+    against the running state (2 c m (d+1)) and the state update (2 m c (d+1))."""
+    from wersa.ops.favor_attention import favor_attention
+
+    bh, n, d, m, c = 2, 64, 4, 8, 16
+    q, k, v = (torch.randn(1, bh, n, d) for _ in range(3))
+    omega, bw = torch.randn(bh, m, d), torch.ones(bh)
+    got = count_flops(lambda: favor_attention(q, k, v, omega, bw, causal=True, chunk_size=c, block_size=n))
+    chunks = n // c
+    want = bh * (2 * (2 * n * m * d) + chunks * (2 * c * c * m + 2 * c * c * (d + 1) + 2 * 2 * c * m * (d + 1)))
+    assert got == want

@@ -109,7 +109,7 @@ def load_entry(entry: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 
 # ------------------------------------------------------------------ parent side
-def _child_env(threads: int) -> dict[str, str]:
+def _child_env(threads: int, omp_wait_policy: str | None = "PASSIVE") -> dict[str, str]:
     env = dict(os.environ)
     # The child must import the same modules as the parent (stand-ins, plugins).
     paths = [p for p in sys.path if p]
@@ -118,7 +118,10 @@ def _child_env(threads: int) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    env["OMP_WAIT_POLICY"] = "PASSIVE"  # read once, when the OpenMP runtime loads with torch
+    # Read once, when the OpenMP runtime loads with torch. ``None``: the runtime's default
+    # (libgomp spins a while, then sleeps), unless the caller's environment sets one.
+    if omp_wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = omp_wait_policy
     env["WERSA_CELL_PARENT"] = str(os.getpid())
     # torchrun variables of a parent launch must not leak into a cell.
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -156,7 +159,8 @@ def _failure(rc: int, tail: str, oom_kills_rose: bool, rss: int | None) -> dict[
 
 
 def run_cell(entry: str, spec: dict[str, Any], *, mem_limit_bytes: int | None = None,
-             timeout_s: float | None = None, threads: int | None = None) -> dict[str, Any]:
+             timeout_s: float | None = None, threads: int | None = None,
+             omp_wait_policy: str | None = "PASSIVE") -> dict[str, Any]:
     """Run ``entry(spec)`` in a fresh process; never raises for the cell's failures.
 
     Args:
@@ -166,16 +170,24 @@ def run_cell(entry: str, spec: dict[str, Any], *, mem_limit_bytes: int | None = 
             (``None`` = no cap).
         timeout_s: wall-clock limit of the whole process (``None`` = none).
         threads: intra-op threads (``None`` = :func:`auto_threads`).
+        omp_wait_policy: ``OMP_WAIT_POLICY`` of the child: ``"PASSIVE"`` (default, for a
+            shared machine), ``"ACTIVE"``, or ``None`` for the OpenMP runtime's default
+            (what a user's process gets: on an idle machine many small parallel regions
+            run much faster than under ``PASSIVE``, see docs/performance.md).
 
     Returns the entry point's record (JSON round-tripped) with the fields the module
     docstring lists; ``wall_s`` is the child's whole life.
     """
     from .results import cell_warnings, code_version
 
+    if omp_wait_policy not in ("PASSIVE", "ACTIVE", None):
+        raise ValueError(f"omp_wait_policy must be 'PASSIVE', 'ACTIVE' or None (the OpenMP runtime's default), "
+                         f"got {omp_wait_policy!r}")
     threads_source = "requested" if threads else "auto"
     threads = int(threads) if threads else auto_threads()
     run = {"entry": entry, "threads": threads, "threads_source": threads_source, "cpu_count": available_cpus(),
-           "omp_wait_policy": "PASSIVE", "mem_limit_bytes": mem_limit_bytes, "timeout_s": timeout_s,
+           "omp_wait_policy": omp_wait_policy if omp_wait_policy is not None
+           else os.environ.get("OMP_WAIT_POLICY", "default"), "mem_limit_bytes": mem_limit_bytes, "timeout_s": timeout_s,
            "code": code_version(), "load_start": load_average()}
     kills0 = _oom_kills()
     with tempfile.TemporaryDirectory(prefix="wersa-cell-") as tmp:
@@ -185,7 +197,7 @@ def run_cell(entry: str, spec: dict[str, Any], *, mem_limit_bytes: int | None = 
         t0 = time.perf_counter()
         rss = None
         with open(err_path, "wb") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_child_env(threads),
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_child_env(threads, omp_wait_policy),
                                     start_new_session=True)
             timed_out = False
             while True:
@@ -250,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec_path, out_path = argv
     _die_with_parent()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # for a child started by hand; the parent sets it
+    if "WERSA_CELL_PARENT" not in os.environ:  # a child started by hand; a parent chose the policy
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     payload = json.loads(Path(spec_path).read_text())
     import resource
 

@@ -1,12 +1,14 @@
 """FLOP counting with :class:`torch.utils.flop_counter.FlopCounterMode`.
 
 PyTorch's counter knows matmuls, convolutions and the CUDA attention kernels, but
-reports 0 for operators it has no formula for. Two matter here:
+reports 0 for operators it has no formula for. These matter here:
 
 * the CPU fused attention kernel ``aten._scaled_dot_product_flash_attention_for_cpu``
   (and its backward), which is what ``F.scaled_dot_product_attention`` runs on CPU;
 * the FFTs ``aten._fft_r2c``, ``aten._fft_c2c`` and ``aten._fft_c2r`` (FNet and
-  spectral mixers).
+  spectral mixers);
+* the in-place matmuls ``aten.baddbmm_`` and ``aten.addmm_`` (counted as their
+  out-of-place forms).
 
 :func:`register_extra_flop_formulas` adds formulas for them. Conventions, chosen to
 match PyTorch's own formulas so CPU and GPU counts agree:
@@ -108,6 +110,16 @@ def _fft_c2r_flop(self_shape, dim, normalization=None, last_dim_size=None, *args
     return fft_flops(shape, _norm_dims(dim, len(shape)), real=True)
 
 
+def _baddbmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    batch, rows, inner = a_shape
+    return 2 * batch * rows * inner * b_shape[-1]  # the add is not counted, as in PyTorch's formula
+
+
+def _addmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    rows, inner = a_shape
+    return 2 * rows * inner * b_shape[-1]
+
+
 def _norm_dims(dim: Any, rank: int) -> list[int]:
     dims = [dim] if isinstance(dim, int) else list(dim)
     return [d % rank for d in dims]
@@ -119,6 +131,10 @@ _EXTRA: list[tuple[Any, Callable[..., int]]] = [
     (aten._fft_r2c, _fft_r2c_flop),
     (aten._fft_c2c, _fft_c2c_flop),
     (aten._fft_c2r, _fft_c2r_flop),
+    # In-place accumulating matmuls (PyTorch counts only the out-of-place packets): the
+    # memory-lean causal core accumulates into preallocated outputs with them.
+    (aten.baddbmm_, _baddbmm_flop),
+    (aten.addmm_, _addmm_flop),
 ]
 
 
