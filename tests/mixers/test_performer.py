@@ -139,14 +139,16 @@ def test_matches_dense_reference_values_and_gradients(causal, feature_map):
     torch.testing.assert_close(gw, rw)
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("side", [None, "right", "left"])
 @pytest.mark.parametrize("key_scale", [1.0, 25.0])
-def test_recompute_core_equals_plain_path(side, key_scale):
-    """Bidirectional softmax features through the memory-lean core (the default) equal the plain
-    autograd path, values and gradients, with padding on either side, blocks that do not divide
-    the length, and keys large enough that the key max matters (exponents in the hundreds)."""
-    lean = build(num_features=24, block_size=4)
-    plain = build(num_features=24, recompute=False)
+def test_recompute_core_equals_plain_path(causal, side, key_scale):
+    """Softmax features through the memory-lean core (the default) equal the plain autograd path,
+    values and gradients, bidirectional and causal (running key max), with padding on either side,
+    blocks and chunks that do not divide the length, and keys large enough that the key max
+    matters (exponents in the hundreds)."""
+    lean = build(causal, num_features=24, block_size=4, chunk_size=3)
+    plain = build(causal, num_features=24, recompute=False, chunk_size=3)
     plain.load_state_dict(lean.state_dict())
     with torch.no_grad():
         lean.to_qkv.weight[D:2 * D] *= key_scale
@@ -205,8 +207,9 @@ def test_causal_prefix_invariance_where_performer_pytorch_leaks():
 
 # --------------------------------------------------------------- recurrence
 @pytest.mark.parametrize("feature_map", ["softmax", "relu"])
-def test_step_and_prefill_equal_parallel(feature_map):
-    m = build(True, feature_map=feature_map, num_features=16, chunk_size=4)
+@pytest.mark.parametrize("block_size", [2048, 4])  # prefill through the core: one block, or a state carried across
+def test_step_and_prefill_equal_parallel(feature_map, block_size):
+    m = build(True, feature_map=feature_map, num_features=16, chunk_size=4, block_size=block_size)
     x = torch.randn(2, 13, D, dtype=F64)
     with torch.no_grad():
         y = m(x)

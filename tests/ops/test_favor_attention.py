@@ -95,8 +95,49 @@ def test_running_key_max_survives_keys_beyond_float32_exponents():
     r = favor_attention_reference(q.double(), k.double(), v.double(), omega.double(), torch.ones(2, dtype=F64), **kw)
     assert torch.isfinite(a).all()
     assert torch.allclose(a.double(), r, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="bidirectional"):
-        favor_attention(q, k, v, omega, torch.ones(2), causal=True, key_shift="max", normalize=False)
+    with pytest.raises(ValueError, match="'max'"):
+        favor_attention(q, k, v, omega, torch.ones(2), causal=False, key_shift="min", normalize=False)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("n, chunk, block", [(37, 4, 10), (5, 8, 2048), (64, 16, 32), (1, 3, 3)])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_causal_running_key_max_equals_reference(masked, n, chunk, block, normalize):
+    """Causal keys shifted by each query's running max (Performer's causal form) in the lean
+    core equal the explicit formula, values and gradients, with padding on both sides."""
+    q, k, v, omega, bw = inputs(n)
+    with torch.no_grad():
+        q.mul_(3.0), k.mul_(3.0)
+        k[:, :, n // 2:] *= 2.0  # the max grows mid-sequence: states are rescaled
+    mask = padding_mask(2, n) if masked and n > 8 else None
+    kw = dict(causal=True, key_mask=mask, key_shift="max", normalize=normalize)
+    a = favor_attention(q, k, v, omega, bw, chunk_size=chunk, block_size=block, **kw)
+    r = favor_attention_reference(q, k, v, omega, bw, **kw)
+    assert_close_with_grads(a, r, (q, k, v, bw))
+
+
+def test_causal_running_key_max_survives_keys_beyond_float32_exponents_and_is_causal():
+    """Key exponents near -300 (float32's exp gives 0 there): finite, equal to the float64 reference;
+    a future key far above every earlier one (or a padded key) changes no earlier output, not even
+    through a shift shared by its chunk or block."""
+    q, k, v, omega, bw = (t.detach().float() for t in inputs(40, b=2, h=2, d=4, m=6))
+    k = k * 12.0
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, :4] = False
+    k[1, :, :4] = 1e3  # padded keys far above every real key
+    kw = dict(causal=True, key_mask=mask, key_shift="max", normalize=False, chunk_size=4, block_size=8)
+    a = favor_attention(q, k, v, omega, torch.ones(2), **kw)
+    r = favor_attention_reference(q.double(), k.double(), v.double(), omega.double(), torch.ones(2, dtype=F64),
+                                  **{key: val for key, val in kw.items() if key != "block_size"})
+    assert torch.isfinite(a).all()
+    assert torch.allclose(a.double(), r, rtol=1e-4, atol=1e-5)
+    t = 21  # inside a chunk and a block
+    k2 = k.clone()
+    k2[:, :, t] /= 12.0  # exponents near 0, far above the others' (near -300): the max jumps at t
+    b = favor_attention(q, k2, v, omega, torch.ones(2), **kw)
+    assert torch.isfinite(b).all()
+    assert torch.equal(a[:, :, :t], b[:, :, :t])
+    assert not torch.allclose(a[:, :, t:], b[:, :, t:])
 
 
 def test_reference_is_the_plain_feature_composition():
@@ -110,12 +151,14 @@ def test_reference_is_the_plain_feature_composition():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_gradcheck(causal):
+@pytest.mark.parametrize("key_shift", [None, "max"])
+def test_gradcheck(causal, key_shift):
     q, k, v, omega, bw = inputs(8, b=1, h=2, d=3, m=4)
     mask = torch.ones(1, 8, dtype=torch.bool)
     mask[0, 7:] = False
     assert gradcheck(lambda *t: favor_attention(*t[:3], omega, t[3], causal=causal, key_mask=mask,
-                                                chunk_size=2, block_size=4), (q, k, v, bw), fast_mode=True)
+                                                chunk_size=2, block_size=4, key_shift=key_shift),
+                     (q, k, v, bw), fast_mode=True)
 
 
 def test_zero_vectors_follow_the_normalize_clamp():

@@ -18,13 +18,14 @@ Math (per head, head width ``d``, ``m`` random features)::
 Defaults: ``num_features=256``, ``feature_map="softmax"``, one ``(m, d)`` projection shared
 by all heads (as in the reference code), ``chunk_size=128``, ``eps=1e-8``.
 
-Memory (``recompute=True``, the default): bidirectional softmax features go through
-WERSA's memory-lean core (:func:`~wersa.ops.favor_attention.favor_attention` with
-``normalize=False`` and ``key_shift="max"``): features are made block by block and
-recomputed in the backward pass, never stored as ``(B, H, N, m)`` tensors, and the key
-max is kept as a running max across blocks. Values and gradients equal the plain
-autograd path (``recompute=False``; a test compares them). The causal form keeps the
-plain path: its per-query running max (below) is not part of the lean core.
+Memory (``recompute=True``, the default): softmax features go through WERSA's
+memory-lean core (:func:`~wersa.ops.favor_attention.favor_attention` with
+``normalize=False`` and ``key_shift="max"``), bidirectional and causal: features are
+made block by block and recomputed in the backward pass, never stored as
+``(B, H, N, m)`` tensors; the key max is kept as a running max across blocks
+(bidirectionally, one max per sequence; causally, each query's running max, below).
+Values and gradients equal the plain autograd path (``recompute=False``; a test
+compares them). Prefill without autograd takes the core too.
 
 Stabilisers. ``exp`` may overflow, so implementations shift exponents by a max:
 
@@ -76,7 +77,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ops.favor_attention import favor_attention
+from ..ops.favor_attention import favor_attention, favor_attention_with_state
 from ..ops.feature_maps import relu_features, softmax_kernel_features
 from ..ops.heads import compute_dtype
 from ..ops.linear_attention import (
@@ -176,7 +177,7 @@ class Performer(RandomFeatureMixin, Mixer):
         chunk_size: tokens per chunk of the causal form.
         eps: added to the denominator.
         qkv_bias, out_bias: biases of the input / output projections.
-        recompute: bidirectional softmax features through the memory-lean core
+        recompute: softmax features (bidirectional and causal) through the memory-lean core
             (recomputed in the backward pass, never stored); ``False``: plain autograd.
         block_size: tokens whose features the recompute path materialises at a time.
     """
@@ -220,8 +221,8 @@ class Performer(RandomFeatureMixin, Mixer):
 
     @property
     def _lean(self) -> bool:
-        """Bidirectional softmax features through the memory-lean core (class docstring)."""
-        return self.recompute and not self.causal and self.feature_map == "softmax"
+        """Softmax features through the memory-lean core (class docstring)."""
+        return self.recompute and self.feature_map == "softmax"
 
     @property
     def _running_max(self) -> bool:
@@ -253,6 +254,10 @@ class Performer(RandomFeatureMixin, Mixer):
                                shift_keys=not self.causal)
         return phi_q, phi_k
 
+    def _head_projections(self, dtype: torch.dtype) -> Tensor:
+        """The shared ``(m, d)`` projection as the core's per-head ``(H, m, d)`` (a view, no copy)."""
+        return self.projection_matrix.to(dtype).expand(self.num_heads, -1, -1)
+
     def _merge(self, out: Tensor, dtype: torch.dtype) -> Tensor:
         """``(B, H, N, d)`` -> output projection ``(B, N, D)``."""
         b, h, n, d = out.shape
@@ -270,9 +275,8 @@ class Performer(RandomFeatureMixin, Mixer):
         self._maybe_redraw()
         q, k, v = self._heads(x)
         if self._lean:
-            h = self.num_heads
-            omega = self.projection_matrix.to(q.dtype).expand(h, -1, -1)  # one projection for every head
-            out = favor_attention(q, k, v, omega, q.new_ones(h), causal=False, key_mask=mask, eps=self.eps,
+            out = favor_attention(q, k, v, self._head_projections(q.dtype), q.new_ones(self.num_heads),
+                                  causal=self.causal, key_mask=mask, eps=self.eps, chunk_size=self.chunk_size,
                                   block_size=self.block_size, key_shift="max", normalize=False)
             return self._merge(out, x.dtype)
         phi_q, phi_k = self.features(q, k, mask)
@@ -308,6 +312,13 @@ class Performer(RandomFeatureMixin, Mixer):
     def _parallel_prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         """Chunked causal pass; padded keys (left or right) are left out of the state."""
         q, k, v = self._heads(x)
+        if self._lean and not torch.is_grad_enabled():
+            out, final = favor_attention_with_state(
+                q, k, v, self._head_projections(q.dtype), q.new_ones(self.num_heads), key_mask=mask, eps=self.eps,
+                chunk_size=self.chunk_size, block_size=self.block_size, key_shift="max", normalize=False)
+            # The core's sums hold the keys' m^{-1/2}; the recurrent form carries it on the queries.
+            root_m = math.sqrt(self.num_features)
+            return self._merge(out, x.dtype), {"S": final.S * root_m, "z": final.z * root_m, "M": final.M}
         phi_q, phi_k = self.features(q, k, mask)
         out, final = self._causal(phi_q, phi_k, v, return_state=True)
         M = final.M if self._running_max else self.init_state(x.shape[0], x.device, x.dtype)["M"]

@@ -57,6 +57,7 @@ from torch import Tensor
 
 from .feature_maps import softmax_kernel_features
 from .linear_attention import LinearAttentionState, causal_linear_attention, linear_attention
+from .running_max_attention import RunningMaxState, running_max_attention_reference
 
 _NORM_EPS = 1e-6  # F.normalize's eps, as used by the reference
 
@@ -282,40 +283,154 @@ def _causal_block_backward(phi_q, phi_k, v, state, g_out, g_state, c):
     return (g_q3.view(B, H, T, m), g_k3.view(B, H, T, m), g_v3.view(B, H, T, -1), g_run.view(B, H, m, -1))
 
 
-def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, state=None, normalize=True):
+def _running_max_key_features(k, omega_t, inv_b, offsets, normalize, key_mask, run_max):
+    """One block's key features shifted by each token's running max (causal ``key_shift="max"``).
+
+    ``M_j = max(run_max, max_{j' <= j} max_f e_{j'}[f])`` over the block's real keys, with
+    ``e = Omega x^ - |x^|^2 / 2`` unshifted, ``-inf`` until the first real key. Returns
+    ``phi_k = exp(e_j - M_j - offset)`` (the offset is ``log sqrt(m)``; 0 at padded keys),
+    ``x^``, the clamped norm and ``M`` ``(B, H, T)``.
+    """
+    e, xn, norm = _block_exponents(k, omega_t, inv_b, False, (offsets[0], 0.0), normalize, key_mask)
+    M = torch.maximum(torch.cummax(e.amax(-1), dim=-1).values, run_max.unsqueeze(-1))
+    return e.sub_(_finite(M).unsqueeze(-1) + offsets[1]).exp_(), xn, norm, M
+
+
+def _finite(x: Tensor) -> Tensor:
+    """``x`` with ``-inf`` (no real key yet) replaced by 0, so ``exp(a - x)`` with ``a <= x`` is never NaN."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _running_max_scales(Mc: Tensor, R: Tensor, upper: Tensor):
+    """The rescalings of one chunk, all ``<= 1`` (``Mc (BH, c)``: the chunk's running maxes,
+    ``R (BH,)``: the max the entering state is relative to, ``upper``: the ``c x c`` strictly upper
+    triangle). Returns ``w[i, j] = exp(M_j - M_i)`` for ``j <= i`` (else 0), ``carry_i = exp(R - M_i)``,
+    ``to_end_j = exp(M_j - M_end)`` and ``decay = exp(R - M_end)``."""
+    Ms = _finite(Mc)
+    w = (Mc.unsqueeze(-2) - Ms.unsqueeze(-1)).masked_fill_(upper, float("-inf")).exp_()
+    end = Ms[:, -1:]
+    return w, (R.unsqueeze(-1) - Ms).exp_(), (Mc - end).exp_(), (R.unsqueeze(-1) - end).exp_()
+
+
+def _causal_block_running_max(phi_q, phi_k, v, state, run_max, M, c):
+    """:func:`_causal_block` with keys relative to each query's running max.
+
+    ``phi_k_j = exp(e_j - M_j)``; query ``i`` weighs key ``j <= i`` of its chunk by
+    ``exp(M_j - M_i)`` and the entering state (relative to ``run_max``) by ``exp(R - M_i)``;
+    the state leaving a chunk is kept relative to the chunk's last running max. Every factor
+    is ``<= 1``: nothing overflows whatever the key exponents. ``state (B, H, m, d+1)``,
+    ``run_max (B, H)``, ``M (B, H, T)``; returns ``out (B, H, T, d+1)``, the state after the block
+    and the max it is relative to.
+    """
+    B, H, T, m = phi_q.shape
+    q3, k3, v3, _ = _chunk_views(phi_q, phi_k, v)
+    M3, R = M.reshape(B * H, T), run_max.reshape(B * H)
+    out = v3.new_empty(v3.shape)
+    run = state.reshape(B * H, m, -1).clone()
+    upper = torch.ones(c, c, dtype=torch.bool, device=phi_q.device).triu_(1)
+    for s, t in _blocks(T, c):
+        qj, kj, vj, Mc = q3[:, s:t], k3[:, s:t], v3[:, s:t], M3[:, s:t]
+        w, carry, to_end, decay = _running_max_scales(Mc, R, upper[:t - s, :t - s])
+        scores = torch.bmm(qj, kj.transpose(1, 2)).mul_(w)
+        oj = out[:, s:t].baddbmm_(qj, run, beta=0).mul_(carry.unsqueeze(-1))
+        oj.baddbmm_(scores, vj)
+        run.mul_(decay.unsqueeze(-1)).baddbmm_((kj * to_end.unsqueeze(-1)).transpose(1, 2), vj)
+        R = Mc[:, -1]
+    return out.view(B, H, T, -1), run.view(B, H, m, -1), R.view(B, H)
+
+
+def _causal_block_running_max_backward(phi_q, phi_k, v, state, run_max, M, g_out, g_state, c):
+    """Gradients of :func:`_causal_block_running_max` (the maxes are constants).
+
+    ``out_i = sum_{j <= i} w_ij (q_i . k_j) vv_j + carry_i q_i S_in`` and
+    ``S_out = decay S_in + (to_end * k)^T vv`` per chunk: the forward sweep rebuilds ``S_in``
+    for the terms that need it, the reverse sweep carries ``G = dL/dS`` back
+    (``G_in = decay G_out + (carry * q)^T g``). Returns as :func:`_causal_block_backward`.
+    """
+    B, H, T, m = phi_q.shape
+    q3, k3, v3, _ = _chunk_views(phi_q, phi_k, v)
+    M3, R = M.reshape(B * H, T), run_max.reshape(B * H)
+    go3 = g_out.reshape(B * H, T, -1)
+    g_q3, g_k3, g_v3 = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
+    run = state.reshape(B * H, m, -1).clone()
+    upper = torch.ones(c, c, dtype=torch.bool, device=phi_q.device).triu_(1)
+    scales = []
+    for s, t in _blocks(T, c):
+        qj, kj, vj, gj, Mc = q3[:, s:t], k3[:, s:t], v3[:, s:t], go3[:, s:t], M3[:, s:t]
+        w, carry, to_end, decay = _running_max_scales(Mc, R, upper[:t - s, :t - s])
+        scales.append((carry, to_end, decay))
+        scores = torch.bmm(qj, kj.transpose(1, 2)).mul_(w)
+        g_scores = torch.bmm(gj, vj.transpose(1, 2)).mul_(w)
+        g_q3[:, s:t].baddbmm_(gj, run.transpose(1, 2), beta=0).mul_(carry.unsqueeze(-1)).baddbmm_(g_scores, kj)
+        g_k3[:, s:t].baddbmm_(g_scores.transpose(1, 2), qj, beta=0)
+        g_v3[:, s:t].baddbmm_(scores.transpose(1, 2), gj, beta=0)
+        run.mul_(decay.unsqueeze(-1)).baddbmm_((kj * to_end.unsqueeze(-1)).transpose(1, 2), vj)
+        R = Mc[:, -1]
+    g_run = run.zero_() if g_state is None else g_state.reshape(B * H, m, -1).clone()
+    for (s, t), (carry, to_end, decay) in zip(reversed(_blocks(T, c)), reversed(scales)):
+        qj, kj, vj, gj = q3[:, s:t], k3[:, s:t], v3[:, s:t], go3[:, s:t]
+        g_k3[:, s:t].addcmul_(vj @ g_run.transpose(1, 2), to_end.unsqueeze(-1))
+        g_v3[:, s:t].baddbmm_(kj * to_end.unsqueeze(-1), g_run)
+        g_run.mul_(decay.unsqueeze(-1)).baddbmm_((qj * carry.unsqueeze(-1)).transpose(1, 2), gj)
+    return (g_q3.view(B, H, T, m), g_k3.view(B, H, T, m), g_v3.view(B, H, T, -1), g_run.view(B, H, m, -1))
+
+
+def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, state=None, normalize=True,
+                    key_max=False):
+    """Blocks in order, carrying the running state (and, with ``key_max``, the running key max).
+
+    Returns ``y``, ``den``, the states entering the blocks ``(blocks, B, H, m, d+1)``, the maxes
+    they are relative to ``(blocks, B, H)`` (``-inf`` before the first real key; empty without
+    ``key_max``), the final state and the final max.
+    """
     B, H, N, d = v.shape
     m = omega_t.shape[-1]
     if state is None:
         state = v.new_zeros(B, H, m, d + 1)
-    states = []
+    run_max = v.new_full((B, H), float("-inf")) if key_max else None
+    states, maxes = [], []
     y = v.new_empty(B, H, N, d)
     den = v.new_empty(B, H, N, 1)
     for s, t in _blocks(N, block):
         states.append(state)
         phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
-        phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
-                                           _rows(key_mask, s, t))
-        out, state = _causal_block(phi_q, phi_k, v[:, :, s:t], state, c)
+        if key_max:
+            maxes.append(run_max)
+            phi_k, _, _, M = _running_max_key_features(k[:, :, s:t], omega_t, inv_b, offsets, normalize,
+                                                       _rows(key_mask, s, t), run_max)
+            out, state, run_max = _causal_block_running_max(phi_q, phi_k, v[:, :, s:t], state, run_max, M, c)
+        else:
+            phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+                                          _rows(key_mask, s, t))
+            out, state = _causal_block(phi_q, phi_k, v[:, :, s:t], state, c)
         den[:, :, s:t] = out[..., d:] + eps
         torch.div(out[..., :d], den[:, :, s:t], out=y[:, :, s:t])
-    return y, den, torch.stack(states), state
+    maxes = torch.stack(maxes) if key_max else v.new_empty(0)
+    return y, den, torch.stack(states), maxes, state, run_max
 
 
-def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, states, block, c, offsets,
+def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, states, maxes, block, c, offsets,
                      normalize=True):
     B, H, N, d = v.shape
     g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     g_b = inv_b.new_zeros(inv_b.numel())
     g_state = None  # gradient of the state leaving the current block (none leaves the last)
     blocks = _blocks(N, block)
+    key_max = maxes.numel() > 0
     for i in range(len(blocks) - 1, -1, -1):
         s, t = blocks[i]
         phi_q, xq, nq = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
-        phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
-                                           _rows(key_mask, s, t))
         g_out = _output_grad(gy[:, :, s:t], y[:, :, s:t], den[:, :, s:t])
-        g_phi_q, g_phi_k, g_vv, g_state = _causal_block_backward(phi_q, phi_k, v[:, :, s:t], states[i], g_out,
-                                                                 g_state, c)
+        if key_max:
+            phi_k, xk, nk, M = _running_max_key_features(k[:, :, s:t], omega_t, inv_b, offsets, normalize,
+                                                         _rows(key_mask, s, t), maxes[i])
+            g_phi_q, g_phi_k, g_vv, g_state = _causal_block_running_max_backward(
+                phi_q, phi_k, v[:, :, s:t], states[i], maxes[i], M, g_out, g_state, c)
+        else:
+            phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+                                            _rows(key_mask, s, t))
+            g_phi_q, g_phi_k, g_vv, g_state = _causal_block_backward(phi_q, phi_k, v[:, :, s:t], states[i], g_out,
+                                                                     g_state, c)
         g_v[:, :, s:t] = g_vv[..., :d]
         g_q[:, :, s:t], gb = _features_backward(g_phi_q.mul_(phi_q), xq, nq, inv_b, omega)
         g_b += gb
@@ -333,27 +448,28 @@ class _FavorAttention(torch.autograd.Function):
         key_max = isinstance(key_shift, str)
         offsets = _offsets(omega, None if key_max else key_shift)
         if causal:
-            y, den, extra, _ = _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size,
-                                               chunk_size, offsets, normalize=normalize)
+            y, den, extra, maxes, _, _ = _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size,
+                                                         chunk_size, offsets, normalize=normalize, key_max=key_max)
         else:
             # With the running key max, the offsets come back holding the final max (the backward's shift).
             y, den, extra, offsets = _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size, offsets,
                                                     normalize, key_max)
-        ctx.save_for_backward(q, k, v, omega, bandwidth, y, den, extra)
+            maxes = None
+        ctx.save_for_backward(q, k, v, omega, bandwidth, y, den, extra, maxes)
         ctx.key_mask = key_mask
         ctx.opts = (causal, chunk_size, block_size, offsets, normalize)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        q, k, v, omega, bandwidth, y, den, extra = ctx.saved_tensors
+        q, k, v, omega, bandwidth, y, den, extra, maxes = ctx.saved_tensors
         causal, chunk_size, block_size, offsets, normalize = ctx.opts
         omega_t = omega.transpose(-1, -2).unsqueeze(0)
         omega4 = omega.unsqueeze(0)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
         if causal:
             g_q, g_k, g_v, g_b = _causal_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
-                                                  extra, block_size, chunk_size, offsets, normalize)
+                                                  extra, maxes, block_size, chunk_size, offsets, normalize)
         else:
             g_q, g_k, g_v, g_b = _bidir_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
                                                  extra, block_size, offsets, normalize)
@@ -380,8 +496,9 @@ def favor_attention(
         block_size: tokens per block (features of one block are materialised at a
             time; rounded up to a multiple of ``chunk_size`` when causal).
         key_shift: ``(H,)`` constant subtracted from the key exponents (detached), or
-            ``"max"``: each (batch row, head)'s max key exponent over its real keys
-            (bidirectional only: a causal query may not see every key).
+            ``"max"``: bidirectional, each (batch row, head)'s max key exponent over its
+            real keys; causal, each query's running max over the real keys it sees
+            (:mod:`~wersa.ops.running_max_attention`'s rule).
         normalize: l2-normalise ``q`` and ``k`` before dividing by ``b`` (WERSA); ``False``
             only divides (Performer, with ``b = 1`` and inputs already scaled).
     Returns:
@@ -389,9 +506,8 @@ def favor_attention(
     """
     if chunk_size <= 0 or block_size <= 0:
         raise ValueError(f"chunk_size and block_size must be positive, got {chunk_size}, {block_size}")
-    if isinstance(key_shift, str) and (key_shift != "max" or causal):
-        raise ValueError(f"key_shift={key_shift!r}: only 'max', and only bidirectional (causal=False); "
-                         f"a causal query may not see the key that sets the max")
+    if isinstance(key_shift, str) and key_shift != "max":
+        raise ValueError(f"key_shift={key_shift!r}: a per-head tensor, None or 'max'")
     if q.shape[-2] == 0:
         return v.new_zeros(v.shape)
     if causal:
@@ -409,17 +525,28 @@ def favor_attention(
 def favor_attention_with_state(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *,
     key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64, block_size: int = 2048,
-    key_shift: Tensor | None = None,
-) -> tuple[Tensor, LinearAttentionState]:
-    """Causal forward only (no autograd), also returning the running sums after the last token (prefill)."""
+    key_shift: Tensor | str | None = None, normalize: bool = True,
+) -> tuple[Tensor, LinearAttentionState | RunningMaxState]:
+    """Causal forward only (no autograd), also returning the running sums after the last token (prefill).
+
+    With ``key_shift="max"`` the sums are relative to the final running max ``M`` of the
+    unshifted key exponents, and hold the keys' ``m^{-1/2}``: a :class:`RunningMaxState`
+    ``(S, z, M)`` whose ``S, z`` times ``sqrt(m)`` are the running sums of
+    :func:`~wersa.ops.running_max_attention.running_max_attention` (whose queries carry it).
+    """
+    if isinstance(key_shift, str) and key_shift != "max":
+        raise ValueError(f"key_shift={key_shift!r}: a per-head tensor, None or 'max'")
+    key_max = isinstance(key_shift, str)
     block_size = -(-block_size // chunk_size) * chunk_size
     dtype = q.dtype
     omega = omega.to(dtype)
-    y, _, _, state = _causal_forward(q, k.to(dtype), v.to(dtype),
-                                     omega.transpose(-1, -2).unsqueeze(0), (1.0 / bandwidth.to(dtype)).view(1, -1, 1, 1),
-                                     key_mask, eps, block_size, chunk_size, _offsets(omega, key_shift))
+    y, _, _, _, state, run_max = _causal_forward(
+        q, k.to(dtype), v.to(dtype), omega.transpose(-1, -2).unsqueeze(0),
+        (1.0 / bandwidth.to(dtype)).view(1, -1, 1, 1), key_mask, eps, block_size, chunk_size,
+        _offsets(omega, None if key_max else key_shift), normalize=normalize, key_max=key_max)
     d = v.shape[-1]
-    return y, LinearAttentionState(state[..., :d].contiguous(), state[..., d].contiguous())
+    S, z = state[..., :d].contiguous(), state[..., d].contiguous()
+    return y, (RunningMaxState(S, z, run_max) if key_max else LinearAttentionState(S, z))
 
 
 def favor_attention_reference(
@@ -431,6 +558,12 @@ def favor_attention_reference(
     b = bandwidth.view(1, -1, 1, 1)
     qn, kn = (F.normalize(x, dim=-1, eps=_NORM_EPS) if normalize else x for x in (q, k))
     phi_q = softmax_kernel_features(qn / b, omega, stabilize=True)
+    if isinstance(key_shift, str) and causal:  # "max": each query's running max over the keys it sees
+        exponent = (kn / b) @ omega.transpose(-1, -2) - 0.5 * ((kn / b) ** 2).sum(-1, keepdim=True)
+        if key_mask is not None:
+            exponent = exponent.masked_fill(~key_mask[:, None, :, None], float("-inf"))
+        # the keys' m^{-1/2} rides on the queries, as in the Performer's plain path
+        return running_max_attention_reference(phi_q / math.sqrt(omega.shape[-2]), exponent, v, eps=eps)
     if isinstance(key_shift, str):  # "max": over each (row, head)'s real keys, detached
         exponent = (kn / b) @ omega.transpose(-1, -2) - 0.5 * ((kn / b) ** 2).sum(-1, keepdim=True)
         if key_mask is not None:
