@@ -9,9 +9,13 @@ Computes, per head ``h`` with bandwidth ``b_h`` and projection ``Omega_h`` (``m 
 
 With ``normalize=False`` the inputs are only scaled (``x^ = x / b_h``: Performer's FAVOR+,
 whose ``q`` and ``k`` arrive already scaled by ``d^{-1/4}``, passes ``b = 1``), and with
-``key_shift="max"`` (bidirectional only) the key exponents are shifted by their max over
-the real keys of each (batch row, head), kept as a running max while the key blocks go
-by (the sums so far are rescaled when it grows), as Performer's plain path does.
+``key_shift="max"`` the key exponents are shifted as Performer's plain path does:
+bidirectionally by their max over the real keys of each (batch row, head), kept as a
+running max while the key blocks go by (the sums so far are rescaled when it grows);
+causally by each query's running max over the keys it sees
+(:mod:`~wersa.ops.running_max_attention`): keys are stored relative to their own running
+max, weighed by ``exp(M_j - M_i) <= 1`` inside a chunk, and the state is rescaled when
+the max grows. The maxes are detached constants.
 
 This is exactly :func:`favor_attention_reference` (the composition of
 ``F.normalize``, :func:`~wersa.ops.feature_maps.softmax_kernel_features` and
