@@ -29,6 +29,14 @@ one measurement never leak into another):
 
 Threads are pinned (``torch.set_num_threads``) and recorded with each result.
 Nothing here asserts on time: results are data for ``docs/performance.md``.
+
+``--malloc retain`` runs the cells with glibc's allocator told to keep freed memory
+(``MALLOC_MMAP_MAX_=0``, a huge ``MALLOC_TRIM_THRESHOLD_``; each cell records
+``"malloc": "retain"``). By default glibc serves every allocation above 32 MiB (a
+``(16k, 512)`` float tensor) with a fresh ``mmap`` and returns it on free, so every
+large temporary costs one page fault per 4 KiB page, again on every pass. Retaining
+trades that for a higher resident peak (freed blocks stay mapped; the peak-memory
+figures of such cells are not the library's).
 """
 
 from __future__ import annotations
@@ -263,6 +271,10 @@ def measure_cell(cell):
     return KINDS[cell["kind"]](cell)
 
 
+# glibc: no mmap-served allocations (which are unmapped on free) and no trimming of the heap top.
+RETAIN_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 36)}
+
+
 def run_isolated_cell(cell, timeout, omp_wait_policy=None):
     """``cell`` in a fresh process (load, threads and OpenMP wait policy recorded); failures carry ``error``."""
     from wersa.bench.cell import run_cell
@@ -295,7 +307,7 @@ def default_plan(threads: int, full: bool = False, quick: bool = False):
         cells.append({"kind": "core", "causal": True, "n": 16384, "reps": 1, "chunk_size": chunk})
     cells.append({"kind": "gemm", "causal": False, "size": 2048, "reps": 3})
     for causal in (False, True):
-        cells.append({**W, "kind": "train", "causal": causal, "n": 65536, "reps": 1})
+        cells.append({**W, "kind": "train", "causal": causal, "n": 65536, "reps": 3})
         cells.append({**W, "kind": "train", "causal": causal, "n": 131072, "reps": 0})
     cells.append({"mixer": "waveformer", "opts": {"levels": 3, "num_features": 256}, "kind": "train",
                   "causal": False, "n": 16384, "reps": 1})
@@ -344,7 +356,8 @@ def report(path):
 
     policies = sorted({str(r.get("omp_wait_policy")) for r in rows})
     print(f"OpenMP wait policy of the cells: {', '.join(policies)}; threads: "
-          f"{', '.join(sorted({str(r.get('threads')) for r in rows}))}")
+          f"{', '.join(sorted({str(r.get('threads')) for r in rows}))}; malloc: "
+          f"{', '.join(sorted({r.get('malloc', 'default') for r in rows}))}")
     print()
     print("| cell | wall s | CPU s | peak above baseline GiB |")
     print("|---|---|---|---|")
@@ -411,6 +424,9 @@ def main(argv=None):
     p.add_argument("--omp-wait-policy", choices=["default", "PASSIVE", "ACTIVE"], default="default",
                    help="OMP_WAIT_POLICY of the cell processes: 'default' leaves the OpenMP runtime's own "
                         "(what a user's process gets; measure on an idle machine), PASSIVE for a shared one")
+    p.add_argument("--malloc", choices=["default", "retain"], default="default",
+                   help="glibc allocator of the cell processes: 'retain' keeps freed memory mapped "
+                        "(fewer page faults, higher resident peak; see the module docstring)")
     p.add_argument("--out", default=None, help="append results (JSON lines) to this file")
     p.add_argument("--report", default=None, help="print the summary of a results file and exit")
     args = p.parse_args(argv)
@@ -425,6 +441,9 @@ def main(argv=None):
     cells = default_plan(args.threads, full=args.plan == "full", quick=args.plan == "quick")
     if args.only:
         cells = [c for c in cells if all(s in json.dumps(c) for s in args.only)]
+    if args.malloc == "retain":  # read by glibc when each cell's process starts
+        os.environ.update(RETAIN_MALLOC_ENV)
+        cells = [{**c, "malloc": "retain"} for c in cells]
     for cell in cells:
         res = run_isolated_cell(cell, args.timeout, None if args.omp_wait_policy == "default" else args.omp_wait_policy)
         line = json.dumps(res)
