@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -65,6 +67,8 @@ def test_step_cost_is_measured_in_an_isolated_process(tmp_path):
     assert len(rec["step_wall_all_s"]) == len(rec["step_cpu_all_s"]) == 5
     assert rec["step_wall_s"] > 0 and rec["step_cpu_s"] > 0 and rec["flops_train_step"] > rec["flops_forward"] > 0
     assert rec["peak_mem_bytes"] >= 0 and rec["threads"] == 1
+    # timed one at a time: the OpenMP runtime's own wait policy, not the shared-machine PASSIVE
+    assert rec["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "default")
     with pytest.raises(ValueError, match="at least 5"):
         measure_step_cost(cfg.to_dict(), repeats=3)
     # From a results file: one measurement per configuration (seeds and learning rates share it), resumable.
@@ -76,3 +80,11 @@ def test_step_cost_is_measured_in_an_isolated_process(tmp_path):
     assert measure_results(str(results), str(out), timeout_s=120, threads=1, progress=False) == []
     (row,) = read_results(out)
     assert row["status"] == "ok" and row["bench"] == "cost"
+
+
+def test_scale_cells_are_timed_under_the_runtime_wait_policy(tmp_path):
+    """One scale cell at a time: the OpenMP runtime's own wait policy (not the shared-machine PASSIVE)."""
+    (rec,) = run_scale(["sdpa"], [8], str(tmp_path / "scale.jsonl"), dim=8, num_heads=2, causal=False,
+                       progress=False)
+    assert rec["status"] == "ok", rec
+    assert rec["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "default")

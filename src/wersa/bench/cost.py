@@ -96,8 +96,11 @@ def measure_step_cost(config: dict[str, Any], *, warmup: int = 2, repeats: int =
     config = {**config, "checkpoint_dir": None, "max_time_s": None}
     if threads:
         config["threads"] = threads
+    # Cost cells run one at a time: the OpenMP runtime's default wait policy (what a user's
+    # process gets). PASSIVE's thread wake-ups dominate chunked causal loops (docs/performance.md, run E).
     return run_cell("wersa.bench.cost:step_cost", {"config": config, "warmup": warmup, "repeats": repeats},
-                    mem_limit_bytes=mem_limit_bytes, timeout_s=timeout_s, threads=config.get("threads"))
+                    mem_limit_bytes=mem_limit_bytes, timeout_s=timeout_s, threads=config.get("threads"),
+                    omp_wait_policy=None)
 
 
 def measure_results(results: str, out: str, *, warmup: int = 2, repeats: int = MIN_REPEATS,

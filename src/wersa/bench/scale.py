@@ -163,8 +163,9 @@ def run_scale(mixers: list[str], lengths: list[int], out: str, *, dim: int = 256
         elif max_len is not None and spec["length"] > max_len:
             rec = {**base, "status": "skipped", "reason": f"longer than the mixer's max_len={max_len}"}
         else:
+            # One cell at a time: the OpenMP runtime's default wait policy, as for cost cells.
             res = run_cell("wersa.bench.scale:measure_cell", spec, mem_limit_bytes=mem, timeout_s=timeout_s,
-                           threads=threads)
+                           threads=threads, omp_wait_policy=None)
             rec = {**base, **res}
             if rec["status"] in ("oom", "timeout"):
                 failed_at[spec["mixer"]] = f"{rec['status']} at length {spec['length']}"
