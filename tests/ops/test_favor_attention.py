@@ -229,7 +229,11 @@ def test_lean_haar_filter(levels):
 
 @pytest.mark.parametrize("n", [1, 5, 13, 40])
 @pytest.mark.parametrize("levels", [0, 1, 2, 3, 4, 5])  # 5: the level recursion, below: the taps
-def test_lean_causal_pyramid(levels, n):
+@pytest.mark.parametrize("reduce_block", [4096, 3])  # 3: the gains' gradient over many token blocks
+def test_lean_causal_pyramid(levels, n, reduce_block, monkeypatch):
+    import wersa.ops.causal_pyramid as causal_pyramid
+
+    monkeypatch.setattr(causal_pyramid, "_REDUCE_BLOCK", reduce_block)
     g = torch.Generator().manual_seed(levels)
     x = torch.randn(2, 3, n, 4, generator=g, dtype=F64, requires_grad=True)
     gains = torch.rand(2, n, levels + 1, generator=g, dtype=F64, requires_grad=True)
@@ -293,3 +297,31 @@ def test_depthwise_conv1d(batch):
     b = torch.randn(4, generator=g, dtype=F64, requires_grad=True)
     assert gradcheck(depthwise_conv1d, (x, w, b), fast_mode=True)
     assert_close_with_grads(depthwise_conv1d(x, w, b), torch.nn.functional.conv1d(x, w, b, groups=4), (x, w, b))
+
+
+@pytest.mark.parametrize("padding", [(0, 0), (4, 0), (2, 2), (1, 3)])
+def test_depthwise_conv1d_pads_inside_and_saves_no_padded_copy(padding):
+    """Padding inside the node: the values and gradients of ``conv1d(pad(x))``; what it saves for
+    the backward pass is ``x`` itself (here a transposed view, as the gates pass it), never a
+    padded copy."""
+    from wersa.ops.depthwise_conv import depthwise_conv1d
+
+    g = torch.Generator().manual_seed(sum(padding))
+    base = torch.randn(2, 12, 4, generator=g, dtype=F64, requires_grad=True)  # (B, N, C)
+    w = torch.randn(4, 1, 5, generator=g, dtype=F64, requires_grad=True)
+    b = torch.randn(4, generator=g, dtype=F64, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = depthwise_conv1d(base.transpose(1, 2), w, b, padding)
+    r = torch.nn.functional.conv1d(torch.nn.functional.pad(base.transpose(1, 2), padding), w, b, groups=4)
+    assert_close_with_grads(y, r, (base, w, b))
+    assert all(t.shape[-1] <= 12 for t in saved)
+    assert any(t.untyped_storage().data_ptr() == base.untyped_storage().data_ptr() for t in saved)
+    assert gradcheck(lambda x, w, b: depthwise_conv1d(x, w, b, padding), (base.transpose(1, 2), w, b), fast_mode=True)
+    with pytest.raises(ValueError, match="non-negative"):
+        depthwise_conv1d(base.transpose(1, 2), w, b, (-1, 0))

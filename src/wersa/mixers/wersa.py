@@ -238,14 +238,11 @@ class WERSA(RandomFeatureMixin, Mixer):
         """Per-token band gains ``(B, N, L+1)``: sigmoid(MLP(conv(x))) * scale_weights."""
         h = x.transpose(1, 2)  # (B, D, N)
         k = self.conv_size
-        if self.causal:
-            h = F.pad(h, (k - 1, 0))
+        padding = (k - 1, 0) if self.causal else ((k - 1) // 2, k // 2)
+        if self.recompute:  # pads inside the node: saves the (B, D, N) view of x, not a padded copy
+            h = depthwise_conv1d(h, self.gate_conv.weight, self.gate_conv.bias, padding).transpose(1, 2)
         else:
-            h = F.pad(h, ((k - 1) // 2, k // 2))
-        if self.recompute:
-            h = depthwise_conv1d(h, self.gate_conv.weight, self.gate_conv.bias).transpose(1, 2)  # (B, N, D)
-        else:
-            h = self.gate_conv(h).transpose(1, 2)
+            h = self.gate_conv(F.pad(h, padding)).transpose(1, 2)  # (B, N, D)
         return torch.sigmoid(self.gate_mlp(h)) * self.scale_weights
 
     def _features(self, t: Tensor, is_query: bool) -> Tensor:

@@ -180,6 +180,9 @@ def _delay_weights(gains: Tensor, levels: int, like: Tensor) -> Tensor:
     return w.reshape(w.shape[0], *([1] * (like.dim() - 3)), w.shape[1], w.shape[2]).to(like.dtype)
 
 
+# Tokens per block of the gains' gradient reduction (bounds its temporaries).
+_REDUCE_BLOCK = 4096
+
 class _CausalPyramidTaps(torch.autograd.Function):
     """:func:`causal_haar_pyramid` as ``2^L`` taps per token, saving only its inputs.
 
@@ -215,8 +218,12 @@ class _CausalPyramidTaps(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             shared = tuple(range(1, x.dim() - 2)) + (x.dim() - 1,)
             g_w = gy.new_zeros(gains.shape[0], n, 2 ** L)  # by delay
+            # Token blocks: the products are block-sized temporaries, not x-sized ones (at 128k
+            # tokens one x-sized product is 256 MiB on top of the backward pass's peak).
             for s in range(min(2 ** L, n)):
-                g_w[:, s:, s] = (gy[..., s:, :] * x[..., :n - s, :]).sum(dim=shared)
+                for a in range(s, n, _REDUCE_BLOCK):
+                    b = min(a + _REDUCE_BLOCK, n)
+                    g_w[:, a:b, s] = (gy[..., a:b, :] * x[..., a - s:b - s, :]).sum(dim=shared)
             window = pyramid_window_weights(L, dtype=g_w.dtype, device=g_w.device)
             g_gains = (g_w.flip(-1) @ window.T).to(gains.dtype)
         return g_x, g_gains, None
