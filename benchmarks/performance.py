@@ -309,6 +309,8 @@ def default_plan(threads: int, full: bool = False, quick: bool = False):
     for causal in (False, True):
         cells.append({**W, "kind": "train", "causal": causal, "n": 65536, "reps": 3})
         cells.append({**W, "kind": "train", "causal": causal, "n": 131072, "reps": 0})
+        cells.append({"mixer": "wersa", "opts": {**wopts, "recompute_gates": True}, "kind": "train",
+                      "causal": causal, "n": 131072, "reps": 0})
     # The paper's Waveformer (per band, own weights): FAVOR+ in every band (the official block's
     # default) at 16k and 128k, and exact softmax attention in every band at 16k.
     for n, attention in ((16384, "performer"), (131072, "performer"), (16384, "softmax")):
@@ -347,7 +349,9 @@ def _find(rows, **want):
 def report(path):
     """Print the targets table of docs/performance.md from a results file (JSON lines)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    W = lambda causal, n, recompute=True: _find(rows, kind="train", mixer="wersa", causal=causal, n=n, recompute=recompute)
+    default_gates = [r for r in rows if not r.get("opts", {}).get("recompute_gates")]
+    W = lambda causal, n, recompute=True: _find(default_gates, kind="train", mixer="wersa", causal=causal, n=n,
+                                                recompute=recompute)
     S = lambda causal, n: _find(rows, kind="train", mixer="sdpa", causal=causal, n=n)
     GiB = 2 ** 30
 
@@ -369,7 +373,8 @@ def report(path):
             continue
         opts = r.get("opts", {})
         name = f"{r['mixer']}{'' if opts.get('recompute', True) else ' (recompute=False)'}" \
-               f"{' (' + opts['attention'] + ' bands)' if 'attention' in opts else ''} " \
+               f"{' (' + opts['attention'] + ' bands)' if 'attention' in opts else ''}" \
+               f"{' (recompute_gates)' if opts.get('recompute_gates') else ''} " \
                f"{'causal' if r['causal'] else 'bidir'} {r['n'] // 1024}k"
         if "error" in r:
             print(f"| {name} | {r['error'][:40]} | | |")
@@ -386,9 +391,12 @@ def report(path):
             print(f"time 64k/4k {mode} ({key}): {fmt(ratio(a, b, key))}")
         a, b = W(causal, 4096), W(causal, 65536)
         print(f"memory 64k/4k {mode}: {fmt(ratio(a, b, 'peak_bytes'))}")
-        r = W(causal, 131072)
-        print(f"peak 128k {mode}: {fmt(None if r is None else r['peak_bytes'] / GiB)} GiB above baseline, "
-              f"{fmt(None if r is None else r['absolute_hwm_bytes'] / GiB)} GiB absolute")
+        for label, r in (("", W(causal, 131072)),
+                         (" (recompute_gates)", next((x for x in rows if x.get("kind") == "train" and "error" not in x
+                                                      and x.get("causal") == causal and x.get("n") == 131072
+                                                      and x.get("opts", {}).get("recompute_gates")), None))):
+            print(f"peak 128k {mode}{label}: {fmt(None if r is None else r['peak_bytes'] / GiB)} GiB above baseline, "
+                  f"{fmt(None if r is None else r['absolute_hwm_bytes'] / GiB)} GiB absolute")
         print(f"memory 64k wersa/sdpa {mode}: {fmt(ratio(S(causal, 65536), W(causal, 65536), 'peak_bytes'))}")
         p = _find(rows, kind="train", mixer="performer", causal=causal, n=16384)
         for key in ("seconds", "cpu_seconds"):

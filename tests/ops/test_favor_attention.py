@@ -271,6 +271,49 @@ def test_wersa_fused_equals_plain(causal):
                 assert torch.allclose(a, r, atol=1e-9)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_wersa_recomputed_gates_equal_stored_and_save_no_gate_activation(causal, dropout):
+    """``recompute_gates=True``: the same values and gradients (dropout in the gate MLP included:
+    the recompute replays its random mask), without saving the gate convolution's ``(B, N, D)``
+    output or the MLP's hidden layer."""
+    opts = dict(dim=8, num_heads=2, causal=causal, levels=2, num_features=6, conv_size=5, chunk_size=4,
+                dropout=dropout)
+    torch.manual_seed(0)
+    lean = wersa.build_mixer("wersa", recompute_gates=True, **opts).to(F64)
+    stored = wersa.build_mixer("wersa", **opts).to(F64)
+    stored.load_state_dict(lean.state_dict())
+    x = torch.randn(2, 14, 8, dtype=F64, requires_grad=True)
+    mask = padding_mask(2, 14)
+
+    def run(m):
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = m(x, mask)
+        g = torch.autograd.grad(y, [x] + list(m.parameters()), torch.ones_like(y), allow_unused=True)
+        return y, g, sum(saved)
+
+    (ya, ga, sa), (yr, gr, sr) = run(lean), run(stored)
+    assert torch.allclose(ya, yr, atol=1e-12)
+    for a, r in zip(ga, gr):
+        assert (a is None) == (r is None)
+        if a is not None:
+            assert torch.allclose(a, r, atol=1e-10)
+    assert sr - sa >= 2 * 14 * 8 * 8  # the convolution's output (B, N, D) in float64, at least
+    with pytest.raises(ValueError, match="recompute=True"):
+        wersa.build_mixer("wersa", dim=8, num_heads=2, recompute=False, recompute_gates=True)
+    with pytest.raises(ValueError, match="no gates"):
+        wersa.build_mixer("wersa", dim=8, num_heads=2, levels=0, recompute_gates=True)
+    with pytest.raises(ValueError, match="True or False"):
+        wersa.build_mixer("wersa", dim=8, num_heads=2, recompute_gates=1)
+
+
 def test_wersa_fused_prefill_equals_plain():
     torch.manual_seed(0)
     fused = wersa.build_mixer("wersa", dim=16, num_heads=2, causal=True, num_features=8, chunk_size=4,

@@ -50,6 +50,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops.compaction import compaction, gather_tokens
 from ..ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_lean, pyramid_window_weights
@@ -148,6 +149,10 @@ class WERSA(RandomFeatureMixin, Mixer):
             convolution with a backward made of forward convolutions
             (:mod:`wersa.ops.depthwise_conv`). Same values and gradients;
             ``False`` selects the plain autograd composition.
+        recompute_gates: also recompute the gate convolution and the gate MLP's first
+            layer in the backward pass (activation checkpointing), so their ``(B, N, D)``
+            output is not saved: 256 MiB less at 128k tokens and ``D = 512``, for about
+            4-7% more time at 64k (docs/performance.md, run E). Needs ``recompute=True``.
         block_size: tokens whose features the recompute path materialises at a time.
         qkv_bias, out_bias: biases of the input and output projections.
     """
@@ -170,7 +175,7 @@ class WERSA(RandomFeatureMixin, Mixer):
         conv_size: int = 33, gate_hidden: int | None = None, chunk_size: int = 64,
         bandwidth: float = 1.0, min_bandwidth: float = 0.25, redraw_interval: int | None = None,
         feature_seed: int = 0, dropout: float = 0.0, eps: float = 1e-6, recompute: bool = True,
-        block_size: int = 2048, qkv_bias: bool = False, out_bias: bool = False,
+        recompute_gates: bool = False, block_size: int = 2048, qkv_bias: bool = False, out_bias: bool = False,
     ):
         super().__init__(dim, num_heads, causal)
         if not isinstance(levels, int) or levels < 0:
@@ -187,6 +192,12 @@ class WERSA(RandomFeatureMixin, Mixer):
             raise ValueError(f"wersa: chunk_size must be a positive integer, got {chunk_size!r}")
         if not isinstance(block_size, int) or block_size <= 0:
             raise ValueError(f"wersa: block_size must be a positive integer, got {block_size!r}")
+        if not isinstance(recompute_gates, bool):
+            raise ValueError(f"wersa: recompute_gates must be True or False, got {recompute_gates!r}")
+        if recompute_gates and levels == 0:
+            raise ValueError("wersa: recompute_gates=True with levels=0: there are no gates to recompute")
+        if recompute_gates and not recompute:
+            raise ValueError("wersa: recompute_gates=True needs recompute=True (the plain path recomputes nothing)")
         if not min_bandwidth > 0:
             raise ValueError(f"wersa: min_bandwidth must be positive, got {min_bandwidth!r}")
         if not bandwidth > min_bandwidth:
@@ -201,6 +212,7 @@ class WERSA(RandomFeatureMixin, Mixer):
         self.feature_seed = feature_seed
         self.eps = eps
         self.recompute = bool(recompute)
+        self.recompute_gates = recompute_gates
         self.block_size = block_size
         d = self.head_dim
 
@@ -239,11 +251,20 @@ class WERSA(RandomFeatureMixin, Mixer):
         h = x.transpose(1, 2)  # (B, D, N)
         k = self.conv_size
         padding = (k - 1, 0) if self.causal else ((k - 1) // 2, k // 2)
-        if self.recompute:  # pads inside the node: saves the (B, D, N) view of x, not a padded copy
-            h = depthwise_conv1d(h, self.gate_conv.weight, self.gate_conv.bias, padding).transpose(1, 2)
+        if not self.recompute:
+            logits = self.gate_mlp(self.gate_conv(F.pad(h, padding)).transpose(1, 2))
+        elif self.recompute_gates and torch.is_grad_enabled():
+            # Recomputed in the backward pass: only the (B, D, N) view of x is saved, not the
+            # convolution's (B, N, D) output (256 MiB at 128k tokens, D = 512) for the MLP's
+            # weight gradient; the recompute is one depthwise convolution and the MLP's first layer.
+            logits = checkpoint(self._gate_logits, h, padding, use_reentrant=False)
         else:
-            h = self.gate_conv(F.pad(h, padding)).transpose(1, 2)  # (B, N, D)
-        return torch.sigmoid(self.gate_mlp(h)) * self.scale_weights
+            logits = self._gate_logits(h, padding)
+        return torch.sigmoid(logits) * self.scale_weights
+
+    def _gate_logits(self, h: Tensor, padding: tuple[int, int]) -> Tensor:
+        """Gate MLP of the depthwise convolution of ``h (B, D, N)``, padded inside its node: ``(B, N, L+1)``."""
+        return self.gate_mlp(depthwise_conv1d(h, self.gate_conv.weight, self.gate_conv.bias, padding).transpose(1, 2))
 
     def _features(self, t: Tensor, is_query: bool) -> Tensor:
         """``(B, H, N, d) -> (B, H, N, m)`` (or ``(B, H, d) -> (B, H, m)``), computed in >= fp32."""
@@ -476,4 +497,5 @@ class WERSA(RandomFeatureMixin, Mixer):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, levels={self.levels}, num_features={self.num_features}, "
-                f"feature_map={self.feature_map!r}, conv_size={self.conv_size}, recompute={self.recompute}")
+                f"feature_map={self.feature_map!r}, conv_size={self.conv_size}, recompute={self.recompute}"
+                + (", recompute_gates=True" if self.recompute_gates else ""))
