@@ -350,6 +350,7 @@ def report(path):
     """Print the targets table of docs/performance.md from a results file (JSON lines)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     default_gates = [r for r in rows if not r.get("opts", {}).get("recompute_gates")]
+    recomputed_gates = [r for r in rows if r.get("opts", {}).get("recompute_gates")]
     W = lambda causal, n, recompute=True: _find(default_gates, kind="train", mixer="wersa", causal=causal, n=n,
                                                 recompute=recompute)
     S = lambda causal, n: _find(rows, kind="train", mixer="sdpa", causal=causal, n=n)
@@ -392,9 +393,8 @@ def report(path):
         a, b = W(causal, 4096), W(causal, 65536)
         print(f"memory 64k/4k {mode}: {fmt(ratio(a, b, 'peak_bytes'))}")
         for label, r in (("", W(causal, 131072)),
-                         (" (recompute_gates)", next((x for x in rows if x.get("kind") == "train" and "error" not in x
-                                                      and x.get("causal") == causal and x.get("n") == 131072
-                                                      and x.get("opts", {}).get("recompute_gates")), None))):
+                         (" (recompute_gates)", _find(recomputed_gates, kind="train", mixer="wersa", causal=causal,
+                                                      n=131072))):
             print(f"peak 128k {mode}{label}: {fmt(None if r is None else r['peak_bytes'] / GiB)} GiB above baseline, "
                   f"{fmt(None if r is None else r['absolute_hwm_bytes'] / GiB)} GiB absolute")
         print(f"memory 64k wersa/sdpa {mode}: {fmt(ratio(S(causal, 65536), W(causal, 65536), 'peak_bytes'))}")

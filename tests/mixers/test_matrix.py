@@ -271,7 +271,7 @@ def test_step_checks_shapes_without_scanning_values(name):
 CLAIM_OPTIONS = {
     "linformer": [{"max_len": 64}, {"max_len": 300}],
     "hyper": [{"min_seq_len": 8}, {"min_seq_len": 4096}],
-    "wersa": [{"feature_map": "relu"}, {"levels": 0}, {"recompute": False}],
+    "wersa": [{"feature_map": "relu"}, {"levels": 0}, {"recompute": False}, {"recompute_gates": True}],
     "wersa_published": [{"levels": 0}],
     "transnormer": [{"attention": "diag"}, {"attention": "norm"}],
     "l2vit": [{"lcm": False}],

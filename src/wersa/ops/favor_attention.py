@@ -153,6 +153,18 @@ def _blocks(n: int, size: int):
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def _finite(x: Tensor) -> Tensor:
+    """``x`` with ``-inf`` (no real key yet) replaced by 0, so ``exp(a - x)`` with ``a <= x`` is never NaN."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _check_key_shift(key_shift) -> bool:
+    """Validate ``key_shift``; ``True`` for the running max (``"max"``)."""
+    if isinstance(key_shift, str) and key_shift != "max":
+        raise ValueError(f"key_shift={key_shift!r}: a per-head tensor, None or 'max'")
+    return isinstance(key_shift, str)
+
+
 # ----------------------------------------------------------------- bidirectional
 def _running_max_key_sums(k, v, omega_t, inv_b, key_mask, block, log_scale, normalize):
     """``[S | z]`` with keys shifted by their max exponent over real keys per (batch, head), in one pass.
@@ -168,12 +180,12 @@ def _running_max_key_sums(k, v, omega_t, inv_b, key_mask, block, log_scale, norm
         e, _, _ = _block_exponents(k[:, :, s:t], omega_t, inv_b, False, (0.0, 0.0), normalize,
                                    _rows(key_mask, s, t))
         new = torch.maximum(run, e.amax(dim=(-1, -2), keepdim=True))
-        safe = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
+        safe = _finite(new)
         # exp(-inf - x) = 0: padded keys and rows without real keys so far add nothing.
         kv.mul_(torch.exp(run - safe))
         kv += e.sub_(safe + log_scale).exp_().transpose(-1, -2) @ _ones_column(v[:, :, s:t])
         run = new
-    return kv, torch.where(torch.isfinite(run), run, torch.zeros_like(run))[:, :, 0, 0]
+    return kv, _finite(run)[:, :, 0, 0]
 
 
 def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, offsets, normalize=True, key_max=False):
@@ -300,9 +312,9 @@ def _running_max_key_features(k, omega_t, inv_b, offsets, normalize, key_mask, r
     return e.sub_(_finite(M).unsqueeze(-1) + offsets[1]).exp_(), xn, norm, M
 
 
-def _finite(x: Tensor) -> Tensor:
-    """``x`` with ``-inf`` (no real key yet) replaced by 0, so ``exp(a - x)`` with ``a <= x`` is never NaN."""
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+def _strict_upper(c: int, device) -> Tensor:
+    """The ``c x c`` strictly upper triangle (keys after the query) as a bool mask."""
+    return torch.ones(c, c, dtype=torch.bool, device=device).triu_(1)
 
 
 def _running_max_scales(Mc: Tensor, R: Tensor, upper: Tensor):
@@ -331,7 +343,7 @@ def _causal_block_running_max(phi_q, phi_k, v, state, run_max, M, c):
     M3, R = M.reshape(B * H, T), run_max.reshape(B * H)
     out = v3.new_empty(v3.shape)
     run = state.reshape(B * H, m, -1).clone()
-    upper = torch.ones(c, c, dtype=torch.bool, device=phi_q.device).triu_(1)
+    upper = _strict_upper(c, phi_q.device)
     for s, t in _blocks(T, c):
         qj, kj, vj, Mc = q3[:, s:t], k3[:, s:t], v3[:, s:t], M3[:, s:t]
         w, carry, to_end, decay = _running_max_scales(Mc, R, upper[:t - s, :t - s])
@@ -357,7 +369,7 @@ def _causal_block_running_max_backward(phi_q, phi_k, v, state, run_max, M, g_out
     go3 = g_out.reshape(B * H, T, -1)
     g_q3, g_k3, g_v3 = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
     run = state.reshape(B * H, m, -1).clone()
-    upper = torch.ones(c, c, dtype=torch.bool, device=phi_q.device).triu_(1)
+    upper = _strict_upper(c, phi_q.device)
     scales = []
     for s, t in _blocks(T, c):
         qj, kj, vj, gj, Mc = q3[:, s:t], k3[:, s:t], v3[:, s:t], go3[:, s:t], M3[:, s:t]
@@ -510,8 +522,7 @@ def favor_attention(
     """
     if chunk_size <= 0 or block_size <= 0:
         raise ValueError(f"chunk_size and block_size must be positive, got {chunk_size}, {block_size}")
-    if isinstance(key_shift, str) and key_shift != "max":
-        raise ValueError(f"key_shift={key_shift!r}: a per-head tensor, None or 'max'")
+    _check_key_shift(key_shift)
     if q.shape[-2] == 0:
         return v.new_zeros(v.shape)
     if causal:
@@ -538,9 +549,7 @@ def favor_attention_with_state(
     ``(S, z, M)`` whose ``S, z`` times ``sqrt(m)`` are the running sums of
     :func:`~wersa.ops.running_max_attention.running_max_attention` (whose queries carry it).
     """
-    if isinstance(key_shift, str) and key_shift != "max":
-        raise ValueError(f"key_shift={key_shift!r}: a per-head tensor, None or 'max'")
-    key_max = isinstance(key_shift, str)
+    key_max = _check_key_shift(key_shift)
     block_size = -(-block_size // chunk_size) * chunk_size
     dtype = q.dtype
     omega = omega.to(dtype)
@@ -562,16 +571,14 @@ def favor_attention_reference(
     b = bandwidth.view(1, -1, 1, 1)
     qn, kn = (F.normalize(x, dim=-1, eps=_NORM_EPS) if normalize else x for x in (q, k))
     phi_q = softmax_kernel_features(qn / b, omega, stabilize=True)
-    if isinstance(key_shift, str) and causal:  # "max": each query's running max over the keys it sees
+    if isinstance(key_shift, str):  # "max": unshifted key exponents, -inf at padded keys
         exponent = (kn / b) @ omega.transpose(-1, -2) - 0.5 * ((kn / b) ** 2).sum(-1, keepdim=True)
         if key_mask is not None:
             exponent = exponent.masked_fill(~key_mask[:, None, :, None], float("-inf"))
+    if isinstance(key_shift, str) and causal:  # each query's running max over the keys it sees
         # the keys' m^{-1/2} rides on the queries, as in the Performer's plain path
         return running_max_attention_reference(phi_q / math.sqrt(omega.shape[-2]), exponent, v, eps=eps)
-    if isinstance(key_shift, str):  # "max": over each (row, head)'s real keys, detached
-        exponent = (kn / b) @ omega.transpose(-1, -2) - 0.5 * ((kn / b) ** 2).sum(-1, keepdim=True)
-        if key_mask is not None:
-            exponent = exponent.masked_fill(~key_mask[:, None, :, None], float("-inf"))
+    if isinstance(key_shift, str):  # the max over each (row, head)'s real keys, detached
         top = exponent.detach().amax(dim=(-1, -2), keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         phi_k = torch.exp(exponent - top) / math.sqrt(omega.shape[-2])
