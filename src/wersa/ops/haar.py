@@ -11,7 +11,8 @@ All functions work on tensors whose second-to-last axis is the sequence:
 * :func:`haar_idwt` — perfect reconstruction, cropped back to ``length``.
 * :func:`haar_filter` — decompose, multiply every band by its gains, reconstruct:
   the multi-resolution filter of WERSA's bidirectional mode. With every gain equal
-  to ``c`` it is exactly ``c * identity`` (the transform is orthonormal).
+  to ``c`` it is exactly ``c * identity`` (the transform is orthonormal). Computed
+  from block means (the band projections telescope), not through the DWT.
 * :func:`block_mean` — per-token values averaged over the aligned blocks of one
   band (the gain a coefficient receives from per-token gates), counting only
   valid tokens so padding never changes a real block's gain.
@@ -84,8 +85,67 @@ def _broadcast_gain(gain: Tensor, like: Tensor) -> Tensor:
     return gain.reshape(gain.shape[0], *([1] * (like.dim() - 3)), gain.shape[1], 1).to(like.dtype)
 
 
+def _block_means(x: Tensor, levels: int) -> list[Tensor]:
+    """``[x, M_1, ..., M_L]``: ``M_l`` ``(..., N / 2^l, d)`` the means of aligned blocks of ``2^l`` rows.
+
+    ``N`` must be a multiple of ``2^L``. Each level averages pairs of the previous one
+    (one pass over half the rows of the last), so no long sum loses precision.
+    """
+    means = [x]
+    for _ in range(levels):
+        prev = means[-1]
+        means.append(torch.add(prev[..., 0::2, :], prev[..., 1::2, :]).mul_(0.5))
+    return means
+
+
+def _filter_from_means(means: list[Tensor], gains: list[Tensor]) -> Tensor:
+    """:func:`haar_filter` of ``means[0]`` (padded to a multiple of ``2^L``) from its block means.
+
+    The projection on band ``D_l`` is ``M_{l-1} - M_l`` (``M_0`` the identity) and on ``A_L``
+    it is ``M_L``, and every band's gain is constant on that band's blocks, so the filter
+    telescopes to::
+
+        y = g_{D_1} x + sum_{l=1..L} (g_{D_{l+1}} - g_{D_l}) M_l x        (g_{D_{L+1}} = g_A)
+
+    Each term lives on ``N / 2^l`` rows; they are summed from the coarsest level down, each
+    added to the two children of its block, so the signal-sized work is one fused
+    multiply-add at the end.
+    """
+    levels = len(means) - 1
+    x = means[0]
+    if levels == 0:
+        return x * _broadcast_gain(gains[0], x)
+    carry = None
+    for level in range(levels, 0, -1):
+        detail = gains[levels - level + 1]  # g_{D_l}, one per level-l block
+        upper = gains[0] if level == levels else gains[levels - level].repeat_interleave(2, dim=1)
+        term = means[level] * _broadcast_gain(upper - detail, means[level])
+        if carry is not None:
+            term.unflatten(-2, (-1, 2)).add_(carry.unsqueeze(-2))
+        carry = term
+    pairs = x.unflatten(-2, (-1, 2))
+    g_fine = _broadcast_gain(gains[levels], carry).unsqueeze(-1)  # g_{D_1} per pair of rows
+    return torch.addcmul(carry.unsqueeze(-2), pairs, g_fine).flatten(-3, -2)
+
+
+def _check_gains(gains: list[Tensor], levels: int) -> None:
+    _check_levels(levels)
+    if len(gains) != levels + 1:
+        raise ValueError(f"expected {levels + 1} gain tensors (one per band), got {len(gains)}")
+
+
+def _pad_rows(x: Tensor, levels: int) -> Tensor:
+    pad = padded_length(x.shape[-2], levels) - x.shape[-2]
+    return F.pad(x, (0, 0, 0, pad)) if pad else x
+
+
 def haar_filter(x: Tensor, gains: list[Tensor], levels: int) -> Tensor:
     """Scale each Haar band of ``x`` by its gains and reconstruct.
+
+    Equal to ``haar_idwt([g * c for g, c in zip(gains, haar_dwt(x))])`` (and to
+    :func:`haar_filter_reference`'s explicit matrix), computed from block means
+    (:func:`_filter_from_means`): about 2.5 passes of ``x``-sized memory instead of a
+    DWT and an inverse DWT.
 
     Args:
         x: ``(B, ..., N, d)``.
@@ -96,12 +156,9 @@ def haar_filter(x: Tensor, gains: list[Tensor], levels: int) -> Tensor:
     Returns:
         ``(B, ..., N, d)``.
     """
-    if len(gains) != levels + 1:
-        raise ValueError(f"expected {levels + 1} gain tensors (one per band), got {len(gains)}")
+    _check_gains(gains, levels)
     n = x.shape[-2]
-    coeffs = haar_dwt(x, levels)
-    scaled = [c * _broadcast_gain(g, c) for c, g in zip(coeffs, gains)]
-    return haar_idwt(scaled, length=n)
+    return _filter_from_means(_block_means(_pad_rows(x, levels), levels), gains)[..., :n, :]
 
 
 def block_mean(values: Tensor, block: int, valid: Tensor | None = None) -> Tensor:
@@ -154,6 +211,24 @@ def haar_filter_reference(x: Tensor, gains: list[Tensor], levels: int) -> Tensor
     return torch.stack(out)[..., :n, :]
 
 
+def _band_products(x_means: list[Tensor], y_means: list[Tensor]) -> list[Tensor]:
+    """``<dwt(x)_band, dwt(y)_band>`` per coefficient, summed over the middle axes and ``d``.
+
+    ``(B, n_band)`` per band in DWT order, from :func:`_block_means` of ``x`` and ``y``: the
+    coefficients are ``cA_L = 2^(L/2) M_L`` and ``cD_l = 2^(l/2 - 1) (M_{l-1}[2i] - M_{l-1}[2i+1])``.
+    """
+    levels = len(x_means) - 1
+    x = x_means[0]
+    shared = tuple(range(1, x.dim() - 2)) + (x.dim() - 1,)
+    out = [(x_means[levels] * y_means[levels]).sum(dim=shared).mul_(2.0 ** levels)]
+    for level in range(levels, 0, -1):
+        xm, ym = x_means[level - 1], y_means[level - 1]
+        dx = torch.sub(xm[..., 0::2, :], xm[..., 1::2, :])
+        dx.mul_(torch.sub(ym[..., 0::2, :], ym[..., 1::2, :]))
+        out.append(dx.sum(dim=shared).mul_(2.0 ** (level - 2)))
+    return out
+
+
 class _HaarFilterLean(torch.autograd.Function):
     """:func:`haar_filter` that saves only its inputs.
 
@@ -162,7 +237,9 @@ class _HaarFilterLean(torch.autograd.Function):
 
     * ``dL/dx = haar_filter(dL/dy, gains)``: the filter ``crop W^T diag(g) W pad`` is
       self-adjoint (``W`` orthonormal, ``crop`` the adjoint of ``pad``);
-    * ``dL/dg_band = sum(dwt(x)_band * dwt(dL/dy)_band)`` over the shared axes.
+    * ``dL/dg_band = sum(dwt(x)_band * dwt(dL/dy)_band)`` over the shared axes, the
+      coefficients formed from block means (differences of the two halves of a block),
+      never the whole DWT.
     """
 
     @staticmethod
@@ -174,13 +251,14 @@ class _HaarFilterLean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, *gains = ctx.saved_tensors
-        levels = ctx.levels
-        g_x = haar_filter(gy, gains, levels) if ctx.needs_input_grad[0] else None
+        levels, n = ctx.levels, x.shape[-2]
+        g_means = _block_means(_pad_rows(gy, levels), levels)
         g_gains = [None] * len(gains)
         if any(ctx.needs_input_grad[2:]):
-            shared = tuple(range(1, x.dim() - 2)) + (x.dim() - 1,)
-            for i, (cx, cy) in enumerate(zip(haar_dwt(x, levels), haar_dwt(gy, levels))):
-                g_gains[i] = (cx * cy).sum(dim=shared).to(gains[i].dtype)
+            # Before dL/dx, so that x's means are freed before dL/dx is allocated.
+            products = _band_products(_block_means(_pad_rows(x, levels), levels), g_means)
+            g_gains = [g.to(gain.dtype) for g, gain in zip(products, gains)]
+        g_x = _filter_from_means(g_means, gains)[..., :n, :] if ctx.needs_input_grad[0] else None
         return (g_x, None, *g_gains)
 
 
@@ -189,7 +267,5 @@ def haar_filter_lean(x: Tensor, gains: list[Tensor], levels: int) -> Tensor:
 
     Saves ``x`` and the gains only, instead of ``L + 1`` bands of coefficients.
     """
-    if len(gains) != levels + 1:
-        raise ValueError(f"expected {levels + 1} gain tensors (one per band), got {len(gains)}")
-    _check_levels(levels)
+    _check_gains(gains, levels)
     return _HaarFilterLean.apply(x, levels, *gains)
