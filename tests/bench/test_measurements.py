@@ -88,3 +88,18 @@ def test_scale_cells_are_timed_under_the_runtime_wait_policy(tmp_path):
                        progress=False)
     assert rec["status"] == "ok", rec
     assert rec["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "default")
+
+
+def test_allocated_bytes_counts_a_known_allocation_and_not_views():
+    from wersa.bench.memory import AllocatedBytes
+
+    x = torch.randn(256, 64)
+    with AllocatedBytes() as probe:
+        y = x * 2  # fresh: 64 KiB
+        y.mul_(3)  # in place
+        y[:, :8].t()  # views
+        torch.add(x, y, out=y)  # out=
+    assert probe.total == 256 * 64 * 4 and probe.count == 1
+    with AllocatedBytes(min_bytes=256 * 64 * 4 + 1) as probe:
+        x * 2
+    assert probe.total == 0 and probe.count == 0

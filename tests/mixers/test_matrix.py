@@ -361,6 +361,9 @@ def test_bad_input_gives_clear_errors(name, causal):
     bad[0, 3, 1] = float("inf")
     with pytest.raises(ValueError, match="Inf"):
         m(bad)
+    bad[0, 3, 1] = float("-inf")
+    with pytest.raises(ValueError, match="Inf"):
+        m(bad)
     with pytest.raises(ValueError, match="attention_mask"):
         m(x_of(10), attention_mask=torch.ones(BATCH, 9))
     with pytest.raises(ValueError, match="0/1"):
@@ -370,6 +373,17 @@ def test_bad_input_gives_clear_errors(name, causal):
             m(x_of(10, dtype=torch.float64))
         with pytest.raises(ValueError, match="device"):
             m(torch.empty(2, 10, DIM, device="meta"))
+
+
+def test_the_finite_check_allocates_nothing_input_sized():
+    """The NaN/Inf scan reads the input once (a min and a max), no input-sized temporary."""
+    from wersa.bench.memory import AllocatedBytes
+
+    m = build("wersa", False)
+    x = x_of(4096)
+    with AllocatedBytes() as probe:
+        m._check_x(x)
+    assert probe.total < x.nbytes // 64, probe.total
 
 
 @pytest.mark.parametrize("name", NAMES)

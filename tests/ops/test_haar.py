@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from wersa.bench.memory import AllocatedBytes
 from wersa.ops.haar import block_mean, haar_dwt, haar_filter, haar_filter_reference, haar_idwt, padded_length
 
 pywt = pytest.importorskip("pywt")
@@ -71,24 +72,6 @@ def test_negative_levels_rejected():
         haar_dwt(torch.randn(1, 4, 2), -1)
 
 
-class FreshBytes(torch.utils._python_dispatch.TorchDispatchMode):
-    """Bytes of the fresh storages every op produces (views and in-place results do not count)."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        seen = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
-                if isinstance(t, torch.Tensor)}
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-                seen.add(t.untyped_storage().data_ptr())
-                self.total += t.untyped_storage().nbytes()
-        return out
-
-
 @pytest.mark.parametrize("lean", [False, True])
 def test_filter_allocates_few_signal_sized_tensors(lean):
     """The filter runs on block means (one pass per level, each half the last), not DWT then iDWT.
@@ -104,11 +87,11 @@ def test_filter_allocates_few_signal_sized_tensors(lean):
     sizes = [n >> levels] + [n >> lv for lv in range(levels, 0, -1)]
     gains = [torch.rand(1, s, requires_grad=True) for s in sizes]
     filt = haar_filter_lean if lean else haar_filter
-    with FreshBytes() as fwd:
+    with AllocatedBytes() as fwd:
         y = filt(x, gains, levels)
     assert fwd.total < 3 * x.nbytes, fwd.total / x.nbytes
     if lean:
         gy = torch.randn_like(y)
-        with FreshBytes() as bwd:
+        with AllocatedBytes() as bwd:
             torch.autograd.grad(y, [x, *gains], gy)
         assert fwd.total + bwd.total < 9 * x.nbytes, (fwd.total + bwd.total) / x.nbytes

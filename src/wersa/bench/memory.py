@@ -173,3 +173,38 @@ def pid_rss_bytes(pid: int | None = None) -> int:
     except OSError:
         pass
     return 0
+
+
+class AllocatedBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Bytes of the fresh tensor storages the operators run under it produce, forward and backward.
+
+    A storage counts once, when an operator first returns it; views, in-place results and
+    ``out=`` arguments reuse an input's storage and count nothing. Counts what is
+    allocated, not what stays alive (see :class:`PeakMemory` for that): the number of
+    large fresh allocations is what costs page faults on CPU, where glibc maps every
+    allocation of 32 MiB or more afresh.
+
+    >>> with AllocatedBytes() as probe:
+    ...     _ = torch.empty(1024, dtype=torch.float32)
+    >>> probe.total
+    4096
+    """
+
+    def __init__(self, min_bytes: int = 0):
+        super().__init__()
+        self.min_bytes = min_bytes
+        self.total = 0
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        seen = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                if isinstance(t, torch.Tensor)}
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                seen.add(t.untyped_storage().data_ptr())
+                nbytes = t.untyped_storage().nbytes()
+                if nbytes >= self.min_bytes:
+                    self.total += nbytes
+                    self.count += 1
+        return out

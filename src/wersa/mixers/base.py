@@ -37,6 +37,13 @@ from torch import Tensor, nn
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _all_finite(x: Tensor) -> bool:
+    """Whether ``x`` holds no NaN or Inf: its min and max in one read (NaN propagates through
+    both), without ``isfinite``'s input-sized temporaries."""
+    low, high = torch.aminmax(x)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a mechanism supports. Drives the test matrix and the benchmark harness.
@@ -151,7 +158,7 @@ class Mixer(nn.Module):
                     f"{name}: {what} has dtype {x.dtype} but the mixer's parameters are {ref.dtype}; "
                     f"cast the module with .to({x.dtype}) or use torch.autocast"
                 )
-        if scan and self.check_finite and x.numel() and not bool(torch.isfinite(x).all()):
+        if scan and self.check_finite and x.numel() and not _all_finite(x):
             raise ValueError(
                 f"{name}: {what} contains NaN or Inf; check the layer that produced it "
                 f"(set mixer.check_finite = False to skip this check)"
