@@ -156,6 +156,29 @@ def test_jobs_run_cells_at_once(monkeypatch, tmp_path):
     assert len(read_results(tmp_path / "r.jsonl")) == 2
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_cells_wait_passively_only_when_several_run_at_once(monkeypatch, tmp_path, jobs):
+    """One cell at a time gets the OpenMP runtime's own wait policy (PASSIVE's wake-ups slow
+    chunked causal loops); cells sharing the cores wait passively, so spinning threads do not
+    fight each other."""
+    from wersa.bench import sweep as sweep_mod
+    from wersa.bench.sweep import Sweep, TaskEntry, run_sweep
+
+    policies = []
+
+    def fake_run_cell(entry, spec, **kw):
+        policies.append(kw.get("omp_wait_policy", "PASSIVE"))
+        return {"status": "ok", "select_score": 0.5, "accuracy": 0.5, "auc": 0.5, "train_time_s": 0.0,
+                "steps": 1, "peak_mem_bytes": 0}
+
+    monkeypatch.setattr(sweep_mod, "run_cell", fake_run_cell)
+    sw = Sweep(mixers=["bench_mean"], tasks=[TaskEntry("bench_first_token", 32, {"length": 32})],
+               recipe={"task_factory": "bench_standins:make_task", "model_factory": "bench_standins:make_model"},
+               checkpoint_every=0, jobs=jobs)
+    run_sweep(sw, tmp_path / "r.jsonl", cache_dir=str(tmp_path / "cache"), progress=False)
+    assert policies == [None if jobs == 1 else "PASSIVE"]
+
+
 def test_capability_refusal_is_skipped_with_the_reason(tmp_path):
     """A mixer that cannot do what a task needs is refused from its capabilities, before any process starts."""
     from wersa.bench.sweep import TaskEntry, capability_refusal, prepare_task

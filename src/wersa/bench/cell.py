@@ -20,8 +20,9 @@ to ``OUT``. Whatever happens becomes a record with a ``status``:
 
 Busy machines: OpenMP threads that spin while waiting fight other processes for the
 cores (a training step measured 4.5 s with two spinning threads against 0.1 s with
-one, on two shared cores). Every cell process therefore waits passively
-(``OMP_WAIT_POLICY=PASSIVE``, set in its environment before torch loads) and runs
+one, on two shared cores). A cell process therefore waits passively by default
+(``OMP_WAIT_POLICY=PASSIVE``, set in its environment before torch loads; callers that
+run one cell at a time pass ``omp_wait_policy=None`` for the runtime's own) and runs
 ``threads`` intra-op threads: the number asked for, or else as many as the cores
 the load average leaves free (at least one). Each record carries ``threads``,
 ``cpu_count``, ``load_start`` / ``load_end`` (1-minute load average), ``stopped_by``

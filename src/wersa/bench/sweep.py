@@ -339,11 +339,18 @@ def _run_round(sweep: Sweep, out: Path, cache_dir: str, retry_failed: bool, prog
     if max_cells is not None:
         runnable = runnable[:max_cells]
 
+    # Cells running side by side wait passively (spinning threads would fight over the cores);
+    # one at a time, the OpenMP runtime's own policy (PASSIVE's wake-ups slow chunked causal
+    # loops several-fold: docs/performance.md, run E). Each record says which ran.
+    wait_policy = "PASSIVE" if int(sweep.jobs) > 1 else None
+
     def run(item):
         cfg, key, base = item
         base = {**base, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         return key, {**base, **run_cell("wersa.bench.train:run_cell", cfg.to_dict(), mem_limit_bytes=mem,
-                                        timeout_s=sweep.timeout_s, threads=cfg.threads)}
+                                        timeout_s=sweep.timeout_s, threads=cfg.threads,
+                                        omp_wait_policy=wait_policy)}
+
 
     bar = tqdm(total=len(runnable), desc=f"bench {sweep.name}", disable=not progress, dynamic_ncols=True)
     # Cells are processes: threads here only wait on them.
