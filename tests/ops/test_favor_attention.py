@@ -213,6 +213,59 @@ def test_fused_node_saves_no_feature_sized_tensor():
         assert plain > 2 * feature_tensor
 
 
+# ------------------------------------------------------------------ causal taps inside the core
+def taps_reference(x, w):
+    """``x~[t] = sum_j w[:, t, j] x[t - j]`` token by token (zeros before the start)."""
+    n = x.shape[-2]
+    rows = []
+    for t in range(n):
+        acc = torch.zeros_like(x[..., 0, :])
+        for j in range(w.shape[-1]):
+            if t - j >= 0:
+                acc = acc + w[:, t, j].view(-1, *([1] * (x.dim() - 2))) * x[..., t - j, :]
+        rows.append(acc)
+    return torch.stack(rows, dim=-2)
+
+
+@pytest.mark.parametrize("n, chunk, block, taps", [(37, 4, 8, 4), (37, 4, 8, 1), (19, 3, 6, 8), (5, 8, 2048, 4),
+                                                   (64, 16, 32, 2)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_causal_taps_inside_the_core(n, chunk, block, taps, masked):
+    """``taps=``: the core filters each block of q and k itself (reaching back into the previous
+    block); values and gradients, the taps' included, equal filtering first and attending after."""
+    q, k, v, omega, bw = inputs(n)
+    g = torch.Generator().manual_seed(n + taps)
+    w = torch.randn(2, n, taps, generator=g, dtype=F64).requires_grad_(True)
+    mask = padding_mask(2, n) if masked else None
+    shift = normalized_key_shift(omega, bw)
+    fused = favor_attention(q, k, v, omega, bw, causal=True, key_mask=mask, chunk_size=chunk, block_size=block,
+                            key_shift=shift, taps=w)
+    ref = favor_attention_reference(taps_reference(q, w), taps_reference(k, w), v, omega, bw, causal=True,
+                                    key_mask=mask, chunk_size=chunk, key_shift=shift)
+    assert_close_with_grads(fused, ref, (q, k, v, bw, w))
+
+
+def test_causal_taps_are_the_pyramid_and_pass_gradcheck():
+    from wersa.ops.causal_pyramid import pyramid_delay_weights
+
+    q, k, v, omega, bw = inputs(11, d=3, m=4)
+    gains = torch.rand(2, 11, 3, dtype=F64, requires_grad=True)
+    fused = favor_attention(q, k, v, omega, bw, causal=True, chunk_size=2, block_size=4,
+                            taps=pyramid_delay_weights(gains, 2))
+    ref = favor_attention_reference(causal_haar_pyramid(q, gains, 2), causal_haar_pyramid(k, gains, 2), v, omega,
+                                    bw, causal=True, chunk_size=2)
+    assert_close_with_grads(fused, ref, (q, k, v, bw, gains))
+    assert gradcheck(lambda q, k, v, b, g: favor_attention(q, k, v, omega, b, causal=True, chunk_size=2,
+                                                           block_size=4, taps=pyramid_delay_weights(g, 2)),
+                     (q, k, v, bw, gains), fast_mode=True)
+    with pytest.raises(ValueError, match="causal"):
+        favor_attention(q, k, v, omega, bw, causal=False, taps=pyramid_delay_weights(gains, 2))
+    with pytest.raises(ValueError, match="causal"):
+        favor_attention(q, k, v, omega, bw, causal=True, key_shift="max", taps=pyramid_delay_weights(gains, 2))
+    with pytest.raises(ValueError, match=r"\(B, N, J\)"):
+        favor_attention(q, k, v, omega, bw, causal=True, taps=torch.ones(2, 10, 4, dtype=F64))
+
+
 # ------------------------------------------------------------------ lean wavelet filters
 @pytest.mark.parametrize("levels", [0, 1, 2, 3])
 def test_lean_haar_filter(levels):

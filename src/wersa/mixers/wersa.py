@@ -53,7 +53,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops.compaction import compaction, gather_tokens
-from ..ops.causal_pyramid import causal_haar_pyramid, causal_haar_pyramid_lean, pyramid_window_weights
+from ..ops.causal_pyramid import (TAPS_MAX_LEVELS, causal_haar_pyramid, causal_haar_pyramid_lean,
+                                  pyramid_delay_weights, pyramid_window_weights)
 from ..ops.depthwise_conv import depthwise_conv1d
 from ..ops.favor_attention import favor_attention, favor_attention_with_state
 from ..ops.feature_maps import (
@@ -279,8 +280,9 @@ class WERSA(RandomFeatureMixin, Mixer):
         return softmax_kernel_features(work, omega, stabilize=is_query,
                                        shift=None if is_query else self._key_shift(work.dtype))
 
-    def _filtered_qkv(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Project, gate and wavelet-filter: ``(B, N, D) -> 3 x (B, H, N, d)``."""
+    def _projected_qkv(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Project and gate: ``(B, N, D) -> 3 x (B, H, N, d)`` (padded q and k zeroed) and the
+        per-token band gains ``(B, N, L+1)`` (``None`` without levels)."""
         if mask is not None:
             x = x * mask.unsqueeze(-1).to(x.dtype)
         q, k, v = self.qkv(x).chunk(3, dim=-1)
@@ -288,9 +290,13 @@ class WERSA(RandomFeatureMixin, Mixer):
         if mask is not None:
             m4 = mask[:, None, :, None].to(q.dtype)
             q, k = q * m4, k * m4
-        if self.levels == 0:
+        return q, k, v, (self._gates(x) if self.levels else None)
+
+    def _filtered_qkv(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Project, gate and wavelet-filter: ``(B, N, D) -> 3 x (B, H, N, d)``."""
+        q, k, v, gains = self._projected_qkv(x, mask)
+        if gains is None:
             return q, k, v
-        gains = self._gates(x)  # (B, N, L+1)
         if self.causal:
             pyramid = causal_haar_pyramid_lean if self.recompute else causal_haar_pyramid
             q = pyramid(q, gains, self.levels)
@@ -350,13 +356,22 @@ class WERSA(RandomFeatureMixin, Mixer):
 
     def _attend(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """:meth:`attend` for a right-padded ``mask`` (or ``None``)."""
-        q, k, v = self._filtered_qkv(x, mask)
         if self._use_lean_core():
+            taps = None
+            if self.causal and 0 < self.levels <= TAPS_MAX_LEVELS:
+                # The pyramid runs inside the core, block by block, as per-token window taps:
+                # the filtered q and k are never stored (512 MiB at 128k tokens, D = 512).
+                q, k, v, gains = self._projected_qkv(x, mask)
+                taps = pyramid_delay_weights(gains, self.levels)
+            else:
+                q, k, v = self._filtered_qkv(x, mask)
             work = compute_dtype(q.dtype)
             y = favor_attention(q.to(work), k.to(work), v.to(work), self.omega, self.bandwidth.to(work),
                                 causal=self.causal, key_mask=mask, eps=self.eps, chunk_size=self.chunk_size,
-                                block_size=self.block_size, key_shift=self._key_shift(work))
+                                block_size=self.block_size, key_shift=self._key_shift(work),
+                                taps=None if taps is None else taps.to(work))
             return y.to(x.dtype)
+        q, k, v = self._filtered_qkv(x, mask)
         phi_q, phi_k = self._features(q, True), self._features(k, False)
         vv = v.to(phi_q.dtype)
         if self.causal:

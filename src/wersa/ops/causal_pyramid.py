@@ -170,13 +170,19 @@ class _CausalPyramidLean(torch.autograd.Function):
         return g_x, g_gains, None
 
 
-def _delay_weights(gains: Tensor, levels: int, like: Tensor) -> Tensor:
-    """Per-token weights of the pyramid's window, by delay: ``(B, N, L+1) -> (B, 1.., N, 2^L)``.
+def pyramid_delay_weights(gains: Tensor, levels: int) -> Tensor:
+    """Per-token weights of the pyramid's window, by delay: ``(B, N, L+1) -> (B, N, 2^L)``.
 
-    Entry ``s`` weighs the input ``s`` tokens back (``0`` is the token itself), shaped to
-    broadcast against ``like`` ``(B, ..., N, d)`` once its last axis is sliced.
+    Entry ``s`` weighs the input ``s`` tokens back (``0`` is the token itself): the pyramid's
+    output is ``y[t] = sum_s w[t, s] x[t - s]`` (zeros before the start).
     """
-    w = (gains @ pyramid_window_weights(levels, dtype=gains.dtype, device=gains.device)).flip(-1)
+    return (gains @ pyramid_window_weights(levels, dtype=gains.dtype, device=gains.device)).flip(-1)
+
+
+def _delay_weights(gains: Tensor, levels: int, like: Tensor) -> Tensor:
+    """:func:`pyramid_delay_weights` shaped ``(B, 1.., N, 2^L)`` to broadcast against ``like``
+    ``(B, ..., N, d)`` once its last axis is sliced."""
+    w = pyramid_delay_weights(gains, levels)
     return w.reshape(w.shape[0], *([1] * (like.dim() - 3)), w.shape[1], w.shape[2]).to(like.dtype)
 
 

@@ -158,6 +158,30 @@ def _finite(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
+def _taps(x: Tensor, w: Tensor | None, s: int, t: int) -> Tensor:
+    """Tokens ``s:t`` of ``x`` ``(B, H, N, d)``, filtered by causal taps when ``w`` is given:
+    ``sum_j w[:, u, j] x[u - j]`` with ``w`` ``(B, N, J)`` (zeros before the start)."""
+    if w is None:
+        return x[:, :, s:t]
+    out = x[:, :, s:t] * w[:, None, s:t, 0:1]
+    for j in range(1, w.shape[-1]):
+        lo = max(s, j)  # the first output whose input j tokens back exists
+        if lo < t:
+            out[:, :, lo - s:].addcmul_(w[:, None, lo:t, j:j + 1], x[:, :, lo - j:t - j])
+    return out
+
+
+def _taps_backward(g: Tensor, x: Tensor, w: Tensor, s: int, t: int, g_x: Tensor, g_w: Tensor) -> None:
+    """Accumulate the gradients of :func:`_taps` over tokens ``s:t`` (``g`` ``(B, H, t - s, d)``):
+    ``g_x[u - j] += w[u, j] g[u]`` and ``g_w[u, j] += <g[u], x[u - j]>`` (summed over heads and ``d``)."""
+    for j in range(w.shape[-1]):
+        lo = max(s, j)
+        if lo < t:
+            gj, xj = g[:, :, lo - s:], x[:, :, lo - j:t - j]
+            g_x[:, :, lo - j:t - j].addcmul_(w[:, None, lo:t, j:j + 1], gj)
+            g_w[:, lo:t, j] += (gj * xj).sum(dim=(1, 3))
+
+
 def _check_key_shift(key_shift) -> bool:
     """Validate ``key_shift``; ``True`` for the running max (``"max"``)."""
     if isinstance(key_shift, str) and key_shift != "max":
@@ -392,7 +416,7 @@ def _causal_block_running_max_backward(phi_q, phi_k, v, state, run_max, M, g_out
 
 
 def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, state=None, normalize=True,
-                    key_max=False):
+                    key_max=False, taps=None):
     """Blocks in order, carrying the running state (and, with ``key_max``, the running key max).
 
     Returns ``y``, ``den``, the states entering the blocks ``(blocks, B, H, m, d+1)``, the maxes
@@ -409,14 +433,14 @@ def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, s
     den = v.new_empty(B, H, N, 1)
     for s, t in _blocks(N, block):
         states.append(state)
-        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
+        phi_q, _, _ = _block_features(_taps(q, taps, s, t), omega_t, inv_b, True, offsets, normalize)
         if key_max:
             maxes.append(run_max)
             phi_k, _, _, M = _running_max_key_features(k[:, :, s:t], omega_t, inv_b, offsets, normalize,
                                                        _rows(key_mask, s, t), run_max)
             out, state, run_max = _causal_block_running_max(phi_q, phi_k, v[:, :, s:t], state, run_max, M, c)
         else:
-            phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+            phi_k, _, _ = _block_features(_taps(k, taps, s, t), omega_t, inv_b, False, offsets, normalize,
                                           _rows(key_mask, s, t))
             out, state = _causal_block(phi_q, phi_k, v[:, :, s:t], state, c)
         den[:, :, s:t] = out[..., d:] + eps
@@ -426,16 +450,24 @@ def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, s
 
 
 def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, states, maxes, block, c, offsets,
-                     normalize=True):
+                     normalize=True, taps=None):
+    """Gradients of :func:`_causal_forward`: ``g_q``, ``g_k``, ``g_v``, ``g_b`` and, with ``taps``,
+    ``g_taps`` (the filtered blocks are recomputed; their gradients go back through the taps)."""
     B, H, N, d = v.shape
-    g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if taps is None:
+        g_q, g_k = torch.empty_like(q), torch.empty_like(k)
+        g_taps = None
+    else:  # blocks' taps reach into the previous block: accumulate
+        g_q, g_k = torch.zeros_like(q), torch.zeros_like(k)
+        g_taps = torch.zeros_like(taps)
+    g_v = torch.empty_like(v)
     g_b = inv_b.new_zeros(inv_b.numel())
     g_state = None  # gradient of the state leaving the current block (none leaves the last)
     blocks = _blocks(N, block)
     key_max = maxes.numel() > 0
     for i in range(len(blocks) - 1, -1, -1):
         s, t = blocks[i]
-        phi_q, xq, nq = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
+        phi_q, xq, nq = _block_features(_taps(q, taps, s, t), omega_t, inv_b, True, offsets, normalize)
         g_out = _output_grad(gy[:, :, s:t], y[:, :, s:t], den[:, :, s:t])
         if key_max:
             phi_k, xk, nk, M = _running_max_key_features(k[:, :, s:t], omega_t, inv_b, offsets, normalize,
@@ -443,60 +475,69 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
             g_phi_q, g_phi_k, g_vv, g_state = _causal_block_running_max_backward(
                 phi_q, phi_k, v[:, :, s:t], states[i], maxes[i], M, g_out, g_state, c)
         else:
-            phi_k, xk, nk = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+            phi_k, xk, nk = _block_features(_taps(k, taps, s, t), omega_t, inv_b, False, offsets, normalize,
                                             _rows(key_mask, s, t))
             g_phi_q, g_phi_k, g_vv, g_state = _causal_block_backward(phi_q, phi_k, v[:, :, s:t], states[i], g_out,
                                                                      g_state, c)
         g_v[:, :, s:t] = g_vv[..., :d]
-        g_q[:, :, s:t], gb = _features_backward(g_phi_q.mul_(phi_q), xq, nq, inv_b, omega)
+        g_qb, gb = _features_backward(g_phi_q.mul_(phi_q), xq, nq, inv_b, omega)
         g_b += gb
-        g_k[:, :, s:t], gb = _features_backward(g_phi_k.mul_(phi_k), xk, nk, inv_b, omega)  # phi_k is masked
+        g_kb, gb = _features_backward(g_phi_k.mul_(phi_k), xk, nk, inv_b, omega)  # phi_k is masked
         g_b += gb
-    return g_q, g_k, g_v, g_b
+        if taps is None:
+            g_q[:, :, s:t], g_k[:, :, s:t] = g_qb, g_kb
+        else:
+            _taps_backward(g_qb, q, taps, s, t, g_q, g_taps)
+            _taps_backward(g_kb, k, taps, s, t, g_k, g_taps)
+    return g_q, g_k, g_v, g_b, g_taps
 
 
 class _FavorAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, omega, bandwidth, key_mask, eps, causal, chunk_size, block_size, key_shift,
-                normalize):
+                normalize, taps):
         omega_t = omega.transpose(-1, -2).unsqueeze(0)  # (1, H, d, m)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
         key_max = isinstance(key_shift, str)
         offsets = _offsets(omega, None if key_max else key_shift)
         if causal:
             y, den, extra, maxes, _, _ = _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size,
-                                                         chunk_size, offsets, normalize=normalize, key_max=key_max)
+                                                         chunk_size, offsets, normalize=normalize, key_max=key_max,
+                                                         taps=taps)
         else:
             # With the running key max, the offsets come back holding the final max (the backward's shift).
             y, den, extra, offsets = _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size, offsets,
                                                     normalize, key_max)
             maxes = None
-        ctx.save_for_backward(q, k, v, omega, bandwidth, y, den, extra, maxes)
+        ctx.save_for_backward(q, k, v, omega, bandwidth, y, den, extra, maxes, taps)
         ctx.key_mask = key_mask
         ctx.opts = (causal, chunk_size, block_size, offsets, normalize)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        q, k, v, omega, bandwidth, y, den, extra, maxes = ctx.saved_tensors
+        q, k, v, omega, bandwidth, y, den, extra, maxes, taps = ctx.saved_tensors
         causal, chunk_size, block_size, offsets, normalize = ctx.opts
         omega_t = omega.transpose(-1, -2).unsqueeze(0)
         omega4 = omega.unsqueeze(0)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
+        g_taps = None
         if causal:
-            g_q, g_k, g_v, g_b = _causal_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
-                                                  extra, maxes, block_size, chunk_size, offsets, normalize)
+            g_q, g_k, g_v, g_b, g_taps = _causal_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y,
+                                                          den, extra, maxes, block_size, chunk_size, offsets,
+                                                          normalize, taps)
         else:
             g_q, g_k, g_v, g_b = _bidir_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
                                                  extra, block_size, offsets, normalize)
         # g_b is dL/db already (_features_backward differentiates x^ = u / b with respect to b).
-        return g_q, g_k, g_v, None, g_b.to(bandwidth.dtype), None, None, None, None, None, None, None
+        return (g_q, g_k, g_v, None, g_b.to(bandwidth.dtype), None, None, None, None, None, None, None,
+                g_taps)
 
 
 def favor_attention(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
     key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64, block_size: int = 2048,
-    key_shift: Tensor | str | None = None, normalize: bool = True,
+    key_shift: Tensor | str | None = None, normalize: bool = True, taps: Tensor | None = None,
 ) -> Tensor:
     """Fused FAVOR+ attention of l2-normalised (or not), bandwidth-scaled queries and keys.
 
@@ -517,12 +558,22 @@ def favor_attention(
             (:mod:`~wersa.ops.running_max_attention`'s rule).
         normalize: l2-normalise ``q`` and ``k`` before dividing by ``b`` (WERSA); ``False``
             only divides (Performer, with ``b = 1`` and inputs already scaled).
+        taps: causal only, ``(B, N, J)`` (differentiable): ``q`` and ``k`` are first filtered
+            by causal taps, ``x~[t] = sum_j taps[t, j] x[t - j]`` (zeros before the start;
+            WERSA's causal Haar pyramid in window form,
+            :func:`~wersa.ops.causal_pyramid.pyramid_delay_weights`), block by block, so the
+            filtered ``q`` and ``k`` are never stored.
     Returns:
         ``(B, H, N, d)`` in the dtype of ``q`` (callers pass fp32 or fp64).
     """
     if chunk_size <= 0 or block_size <= 0:
         raise ValueError(f"chunk_size and block_size must be positive, got {chunk_size}, {block_size}")
     _check_key_shift(key_shift)
+    if taps is not None:
+        if not causal or isinstance(key_shift, str):
+            raise ValueError("taps: only the causal form with a constant key shift filters queries and keys")
+        if taps.dim() != 3 or tuple(taps.shape[:2]) != (q.shape[0], q.shape[-2]):
+            raise ValueError(f"taps must be (B, N, J) = ({q.shape[0]}, {q.shape[-2]}, J), got {tuple(taps.shape)}")
     if q.shape[-2] == 0:
         return v.new_zeros(v.shape)
     if causal:
@@ -533,7 +584,7 @@ def favor_attention(
     k, v = k.to(dtype), v.to(dtype)
     omega = omega.detach().to(dtype).contiguous()
     return _FavorAttention.apply(q, k, v, omega, bandwidth.to(dtype), key_mask, eps, causal, chunk_size, block_size,
-                                 key_shift, bool(normalize))
+                                 key_shift, bool(normalize), None if taps is None else taps.to(dtype))
 
 
 @torch.no_grad()
