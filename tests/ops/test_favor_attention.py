@@ -266,6 +266,39 @@ def test_causal_taps_are_the_pyramid_and_pass_gradcheck():
         favor_attention(q, k, v, omega, bw, causal=True, taps=torch.ones(2, 10, 4, dtype=F64))
 
 
+@pytest.mark.parametrize("n, block, levels", [(37, 8, 2), (37, 8, 0), (19, 4, 3), (5, 2048, 2), (64, 16, 4),
+                                               (13, 6, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_haar_filter_inside_the_core(n, block, levels, masked):
+    """``haar_gains=``: the bidirectional core Haar-filters each block of q and k itself (blocks
+    rounded up to whole Haar blocks); values and gradients, the gains' included, equal filtering
+    first and attending after."""
+    q, k, v, omega, bw = inputs(n)
+    g = torch.Generator().manual_seed(n + levels)
+    n_pad = padded_length(n, levels)
+    sizes = [n_pad >> levels] + [n_pad >> lv for lv in range(levels, 0, -1)]
+    gains = [torch.rand(2, s, generator=g, dtype=F64, requires_grad=True) for s in sizes]
+    mask = padding_mask(2, n) if masked else None
+    shift = normalized_key_shift(omega, bw)
+    fused = favor_attention(q, k, v, omega, bw, causal=False, key_mask=mask, block_size=block, key_shift=shift,
+                            haar_gains=gains)
+    ref = favor_attention_reference(haar_filter(q, gains, levels), haar_filter(k, gains, levels), v, omega, bw,
+                                    causal=False, key_mask=mask, key_shift=shift)
+    assert_close_with_grads(fused, ref, (q, k, v, bw, *gains))
+
+
+def test_haar_filter_inside_the_core_gradcheck_and_errors():
+    q, k, v, omega, bw = inputs(11, d=3, m=4)
+    gains = [torch.rand(2, s, dtype=F64, requires_grad=True) for s in (3, 3, 6)]
+    assert gradcheck(lambda q, k, v, b, *gs: favor_attention(q, k, v, omega, b, causal=False, block_size=4,
+                                                             haar_gains=list(gs)),
+                     (q, k, v, bw, *gains), fast_mode=True)
+    with pytest.raises(ValueError, match="bidirectional"):
+        favor_attention(q, k, v, omega, bw, causal=True, haar_gains=gains)
+    with pytest.raises(ValueError, match="DWT order"):
+        favor_attention(q, k, v, omega, bw, causal=False, haar_gains=gains[:2])
+
+
 # ------------------------------------------------------------------ lean wavelet filters
 @pytest.mark.parametrize("levels", [0, 1, 2, 3])
 def test_lean_haar_filter(levels):

@@ -357,19 +357,23 @@ class WERSA(RandomFeatureMixin, Mixer):
     def _attend(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """:meth:`attend` for a right-padded ``mask`` (or ``None``)."""
         if self._use_lean_core():
-            taps = None
+            # The wavelet filter runs inside the core, block by block (causal: the pyramid as
+            # per-token window taps; bidirectional: the Haar filter, local to blocks of 2^L
+            # tokens), so the filtered q and k are never stored (512 MiB at 128k tokens, D = 512).
+            taps = haar_gains = None
             if self.causal and 0 < self.levels <= TAPS_MAX_LEVELS:
-                # The pyramid runs inside the core, block by block, as per-token window taps:
-                # the filtered q and k are never stored (512 MiB at 128k tokens, D = 512).
                 q, k, v, gains = self._projected_qkv(x, mask)
                 taps = pyramid_delay_weights(gains, self.levels)
+            elif not self.causal and self.levels > 0:
+                q, k, v, gains = self._projected_qkv(x, mask)
+                haar_gains = self._band_gains(gains, mask)
             else:
                 q, k, v = self._filtered_qkv(x, mask)
             work = compute_dtype(q.dtype)
             y = favor_attention(q.to(work), k.to(work), v.to(work), self.omega, self.bandwidth.to(work),
                                 causal=self.causal, key_mask=mask, eps=self.eps, chunk_size=self.chunk_size,
                                 block_size=self.block_size, key_shift=self._key_shift(work),
-                                taps=None if taps is None else taps.to(work))
+                                taps=None if taps is None else taps.to(work), haar_gains=haar_gains)
             return y.to(x.dtype)
         q, k, v = self._filtered_qkv(x, mask)
         phi_q, phi_k = self._features(q, True), self._features(k, False)

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .feature_maps import softmax_kernel_features
+from .haar import haar_filter_rows, haar_filter_rows_backward, padded_length
 from .linear_attention import LinearAttentionState, causal_linear_attention, linear_attention
 from .running_max_attention import RunningMaxState, running_max_attention_reference
 
@@ -171,6 +172,18 @@ def _taps(x: Tensor, w: Tensor | None, s: int, t: int) -> Tensor:
     return out
 
 
+def _haar_rows(x: Tensor, haar, s: int, t: int) -> Tensor:
+    """Tokens ``s:t`` of ``x``, through the Haar filter when ``haar`` = ``(levels, band gains)`` is given."""
+    return x[:, :, s:t] if haar is None else haar_filter_rows(x, haar[1], haar[0], s, t)
+
+
+def _split_bands(gains: Tensor, levels: int, n: int) -> list[Tensor]:
+    """``(B, sum of band sizes)`` -> the bands in DWT order ``[g_A, g_D_L, ..., g_D_1]``."""
+    n_pad = padded_length(n, levels)
+    sizes = [n_pad >> levels] + [n_pad >> lv for lv in range(levels, 0, -1)]
+    return list(gains.split(sizes, dim=1))
+
+
 def _taps_backward(g: Tensor, x: Tensor, w: Tensor, s: int, t: int, g_x: Tensor, g_w: Tensor) -> None:
     """Accumulate the gradients of :func:`_taps` over tokens ``s:t`` (``g`` ``(B, H, t - s, d)``):
     ``g_x[u - j] += w[u, j] g[u]`` and ``g_w[u, j] += <g[u], x[u - j]>`` (summed over heads and ``d``)."""
@@ -212,7 +225,8 @@ def _running_max_key_sums(k, v, omega_t, inv_b, key_mask, block, log_scale, norm
     return kv, _finite(run)[:, :, 0, 0]
 
 
-def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, offsets, normalize=True, key_max=False):
+def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, offsets, normalize=True, key_max=False,
+                   haar=None):
     B, H, N, d = v.shape
     if key_max:
         kv, shift = _running_max_key_sums(k, v, omega_t, inv_b, key_mask, block, offsets[0], normalize)
@@ -221,40 +235,52 @@ def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, offsets, norma
         shift = None
         kv = v.new_zeros(B, H, omega_t.shape[-1], d + 1)  # [S | z]
         for s, t in _blocks(N, block):
-            phi_k, _, _ = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+            phi_k, _, _ = _block_features(_haar_rows(k, haar, s, t), omega_t, inv_b, False, offsets, normalize,
                                            _rows(key_mask, s, t))
             kv += phi_k.transpose(-1, -2) @ _ones_column(v[:, :, s:t])
     y = v.new_empty(B, H, N, d)
     den = v.new_empty(B, H, N, 1)
     for s, t in _blocks(N, block):
-        phi_q, _, _ = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
+        phi_q, _, _ = _block_features(_haar_rows(q, haar, s, t), omega_t, inv_b, True, offsets, normalize)
         out = phi_q @ kv
         den[:, :, s:t] = out[..., d:] + eps
         torch.div(out[..., :d], den[:, :, s:t], out=y[:, :, s:t])
     return y, den, kv, offsets
 
 
-def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, block, offsets, normalize=True):
+def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, block, offsets, normalize=True,
+                    haar=None):
+    """Gradients of :func:`_bidir_forward`: ``g_q``, ``g_k``, ``g_v``, ``g_b`` and, with ``haar``,
+    the band gains' gradients (the filtered blocks are recomputed; their gradients go back
+    through the filter, which is self-adjoint)."""
     N, d = v.shape[-2], v.shape[-1]
     g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    g_bands = None if haar is None else [torch.zeros_like(g) for g in haar[1]]
+
+    def put(g_x, x, g_block, s, t):
+        g_x[:, :, s:t] = g_block if haar is None else haar_filter_rows_backward(g_block, x, haar[1], haar[0], s, t,
+                                                                                  g_bands)
+
     g_b = inv_b.new_zeros(inv_b.numel())
     g_kv = torch.zeros_like(kv)
     for s, t in _blocks(N, block):
-        phi_q, xn, norm = _block_features(q[:, :, s:t], omega_t, inv_b, True, offsets, normalize)
+        phi_q, xn, norm = _block_features(_haar_rows(q, haar, s, t), omega_t, inv_b, True, offsets, normalize)
         g_out = _output_grad(gy[:, :, s:t], y[:, :, s:t], den[:, :, s:t])  # (B, H, T, d+1)
         g_kv += phi_q.transpose(-1, -2) @ g_out
         g_e = (g_out @ kv.transpose(-1, -2)).mul_(phi_q)  # d exp(e) = exp(e) de
-        g_q[:, :, s:t], gb = _features_backward(g_e, xn, norm, inv_b, omega)
+        g_block, gb = _features_backward(g_e, xn, norm, inv_b, omega)
+        put(g_q, q, g_block, s, t)
         g_b += gb
     g_s, g_z = g_kv[..., :d], g_kv[..., d]
     for s, t in _blocks(N, block):
-        phi_k, xn, norm = _block_features(k[:, :, s:t], omega_t, inv_b, False, offsets, normalize,
+        phi_k, xn, norm = _block_features(_haar_rows(k, haar, s, t), omega_t, inv_b, False, offsets, normalize,
                                            _rows(key_mask, s, t))
         g_v[:, :, s:t] = phi_k @ g_s
         g_e = (v[:, :, s:t] @ g_s.transpose(-1, -2)).add_(g_z.unsqueeze(-2)).mul_(phi_k)
-        g_k[:, :, s:t], gb = _features_backward(g_e, xn, norm, inv_b, omega)
+        g_block, gb = _features_backward(g_e, xn, norm, inv_b, omega)
+        put(g_k, k, g_block, s, t)
         g_b += gb
-    return g_q, g_k, g_v, g_b
+    return g_q, g_k, g_v, g_b, g_bands
 
 
 # ------------------------------------------------------------------------ causal
@@ -495,11 +521,12 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
 class _FavorAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, omega, bandwidth, key_mask, eps, causal, chunk_size, block_size, key_shift,
-                normalize, taps):
+                normalize, taps, haar_levels, haar_gains):
         omega_t = omega.transpose(-1, -2).unsqueeze(0)  # (1, H, d, m)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
         key_max = isinstance(key_shift, str)
         offsets = _offsets(omega, None if key_max else key_shift)
+        haar = None if haar_gains is None else (haar_levels, _split_bands(haar_gains, haar_levels, q.shape[-2]))
         if causal:
             y, den, extra, maxes, _, _ = _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size,
                                                          chunk_size, offsets, normalize=normalize, key_max=key_max,
@@ -507,37 +534,41 @@ class _FavorAttention(torch.autograd.Function):
         else:
             # With the running key max, the offsets come back holding the final max (the backward's shift).
             y, den, extra, offsets = _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size, offsets,
-                                                    normalize, key_max)
+                                                    normalize, key_max, haar)
             maxes = None
-        ctx.save_for_backward(q, k, v, omega, bandwidth, y, den, extra, maxes, taps)
+        ctx.save_for_backward(q, k, v, omega, bandwidth, y, den, extra, maxes, taps, haar_gains)
         ctx.key_mask = key_mask
-        ctx.opts = (causal, chunk_size, block_size, offsets, normalize)
+        ctx.opts = (causal, chunk_size, block_size, offsets, normalize, haar_levels)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        q, k, v, omega, bandwidth, y, den, extra, maxes, taps = ctx.saved_tensors
-        causal, chunk_size, block_size, offsets, normalize = ctx.opts
+        q, k, v, omega, bandwidth, y, den, extra, maxes, taps, haar_gains = ctx.saved_tensors
+        causal, chunk_size, block_size, offsets, normalize, haar_levels = ctx.opts
         omega_t = omega.transpose(-1, -2).unsqueeze(0)
         omega4 = omega.unsqueeze(0)
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
-        g_taps = None
+        g_taps = g_haar = None
         if causal:
             g_q, g_k, g_v, g_b, g_taps = _causal_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y,
                                                           den, extra, maxes, block_size, chunk_size, offsets,
                                                           normalize, taps)
         else:
-            g_q, g_k, g_v, g_b = _bidir_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y, den,
-                                                 extra, block_size, offsets, normalize)
+            haar = None if haar_gains is None else (haar_levels, _split_bands(haar_gains, haar_levels, q.shape[-2]))
+            g_q, g_k, g_v, g_b, g_bands = _bidir_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y,
+                                                          den, extra, block_size, offsets, normalize, haar)
+            if g_bands is not None:
+                g_haar = torch.cat(g_bands, dim=1)
         # g_b is dL/db already (_features_backward differentiates x^ = u / b with respect to b).
         return (g_q, g_k, g_v, None, g_b.to(bandwidth.dtype), None, None, None, None, None, None, None,
-                g_taps)
+                g_taps, None, g_haar)
 
 
 def favor_attention(
     q: Tensor, k: Tensor, v: Tensor, omega: Tensor, bandwidth: Tensor, *, causal: bool,
     key_mask: Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64, block_size: int = 2048,
     key_shift: Tensor | str | None = None, normalize: bool = True, taps: Tensor | None = None,
+    haar_gains: list[Tensor] | None = None,
 ) -> Tensor:
     """Fused FAVOR+ attention of l2-normalised (or not), bandwidth-scaled queries and keys.
 
@@ -563,6 +594,10 @@ def favor_attention(
             WERSA's causal Haar pyramid in window form,
             :func:`~wersa.ops.causal_pyramid.pyramid_delay_weights`), block by block, so the
             filtered ``q`` and ``k`` are never stored.
+        haar_gains: bidirectional only, the band gains of :func:`~wersa.ops.haar.haar_filter`
+            (DWT order, ``L + 1`` tensors ``(B, n_band)``, differentiable): ``q`` and ``k`` are
+            first Haar-filtered, block by block (the filter is local to aligned blocks of
+            ``2^L`` tokens), so the filtered ``q`` and ``k`` are never stored.
     Returns:
         ``(B, H, N, d)`` in the dtype of ``q`` (callers pass fp32 or fp64).
     """
@@ -574,6 +609,18 @@ def favor_attention(
             raise ValueError("taps: only the causal form with a constant key shift filters queries and keys")
         if taps.dim() != 3 or tuple(taps.shape[:2]) != (q.shape[0], q.shape[-2]):
             raise ValueError(f"taps must be (B, N, J) = ({q.shape[0]}, {q.shape[-2]}, J), got {tuple(taps.shape)}")
+    haar_levels, haar_cat = 0, None
+    if haar_gains is not None:
+        if causal or isinstance(key_shift, str):
+            raise ValueError("haar_gains: only the bidirectional form with a constant key shift filters q and k")
+        haar_levels = max(len(haar_gains) - 1, 0)
+        n_pad = padded_length(q.shape[-2], haar_levels)
+        sizes = [n_pad >> haar_levels] + [n_pad >> lv for lv in range(haar_levels, 0, -1)]
+        if [tuple(g.shape) for g in haar_gains] != [(q.shape[0], n) for n in sizes]:
+            raise ValueError(f"haar_gains must be L + 1 band gains (B, n_band) in DWT order, sizes {sizes} for "
+                             f"{q.shape[-2]} tokens; got {[tuple(g.shape) for g in haar_gains]}")
+        haar_cat = torch.cat([g.to(q.dtype) for g in haar_gains], dim=1)
+        block_size = -(-block_size // (1 << haar_levels)) * (1 << haar_levels)  # blocks of whole Haar blocks
     if q.shape[-2] == 0:
         return v.new_zeros(v.shape)
     if causal:
@@ -584,7 +631,8 @@ def favor_attention(
     k, v = k.to(dtype), v.to(dtype)
     omega = omega.detach().to(dtype).contiguous()
     return _FavorAttention.apply(q, k, v, omega, bandwidth.to(dtype), key_mask, eps, causal, chunk_size, block_size,
-                                 key_shift, bool(normalize), None if taps is None else taps.to(dtype))
+                                 key_shift, bool(normalize), None if taps is None else taps.to(dtype), haar_levels,
+                                 haar_cat)
 
 
 @torch.no_grad()

@@ -211,6 +211,45 @@ def haar_filter_reference(x: Tensor, gains: list[Tensor], levels: int) -> Tensor
     return torch.stack(out)[..., :n, :]
 
 
+def _band_slices(levels: int, start: int, stop: int) -> list[tuple[int, int]]:
+    """Coefficient rows of each band (DWT order) that cover signal rows ``start:stop`` (``start`` a
+    multiple of ``2^L``; ``stop`` padded up to a multiple of ``2^L`` past ``start``)."""
+    end = start + padded_length(stop - start, levels)
+    return [(start >> levels, end >> levels)] + [(start >> lv, end >> lv) for lv in range(levels, 0, -1)]
+
+
+def haar_filter_rows(x: Tensor, gains: list[Tensor], levels: int, start: int, stop: int) -> Tensor:
+    """``haar_filter(x, gains, levels)[..., start:stop, :]`` from rows ``start:stop`` of ``x`` alone.
+
+    The Haar filter is local to aligned blocks of ``2^L`` rows, so with ``start`` a multiple of
+    ``2^L`` a range of rows needs only itself and its gains (a consumer can filter block by
+    block and never hold the whole filtered signal).
+    """
+    if start % (1 << levels):
+        raise ValueError(f"start must be a multiple of 2^levels = {1 << levels}, got {start}")
+    rows = x[..., start:stop, :]
+    band_gains = [g[:, lo:hi] for g, (lo, hi) in zip(gains, _band_slices(levels, start, stop))]
+    return _filter_from_means(_block_means(_pad_rows(rows, levels), levels), band_gains)[..., :stop - start, :]
+
+
+def haar_filter_rows_backward(g_y: Tensor, x: Tensor, gains: list[Tensor], levels: int, start: int, stop: int,
+                              g_gains: list[Tensor] | None = None) -> Tensor:
+    """Gradients of :func:`haar_filter_rows` given ``g_y`` ``(B, ..., stop - start, d)``.
+
+    Returns ``dL/dx`` for rows ``start:stop`` (the filter is self-adjoint); adds the gains'
+    gradients into ``g_gains`` (same shapes as ``gains``) when given, formed from block means
+    (:func:`_band_products`). ``x``'s means are freed before ``dL/dx`` is allocated.
+    """
+    slices = _band_slices(levels, start, stop)
+    g_means = _block_means(_pad_rows(g_y, levels), levels)
+    if g_gains is not None:
+        products = _band_products(_block_means(_pad_rows(x[..., start:stop, :], levels), levels), g_means)
+        for acc, (lo, hi), prod in zip(g_gains, slices, products):
+            acc[:, lo:hi] += prod.to(acc.dtype)
+    band_gains = [g[:, lo:hi] for g, (lo, hi) in zip(gains, slices)]
+    return _filter_from_means(g_means, band_gains)[..., :stop - start, :]
+
+
 def _band_products(x_means: list[Tensor], y_means: list[Tensor]) -> list[Tensor]:
     """``<dwt(x)_band, dwt(y)_band>`` per coefficient, summed over the middle axes and ``d``.
 
@@ -251,15 +290,10 @@ class _HaarFilterLean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, *gains = ctx.saved_tensors
-        levels, n = ctx.levels, x.shape[-2]
-        g_means = _block_means(_pad_rows(gy, levels), levels)
-        g_gains = [None] * len(gains)
-        if any(ctx.needs_input_grad[2:]):
-            # Before dL/dx, so that x's means are freed before dL/dx is allocated.
-            products = _band_products(_block_means(_pad_rows(x, levels), levels), g_means)
-            g_gains = [g.to(gain.dtype) for g, gain in zip(products, gains)]
-        g_x = _filter_from_means(g_means, gains)[..., :n, :] if ctx.needs_input_grad[0] else None
-        return (g_x, None, *g_gains)
+        n = x.shape[-2]
+        g_gains = [torch.zeros_like(g) for g in gains] if any(ctx.needs_input_grad[2:]) else None
+        g_x = haar_filter_rows_backward(gy, x, gains, ctx.levels, 0, n, g_gains)
+        return (g_x if ctx.needs_input_grad[0] else None, None, *(g_gains or [None] * len(gains)))
 
 
 def haar_filter_lean(x: Tensor, gains: list[Tensor], levels: int) -> Tensor:
