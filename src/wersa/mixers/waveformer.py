@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.compaction import compaction, gather_tokens
-from ..ops.haar import haar_dwt, haar_idwt, padded_length
+from ..ops.haar import band_sizes, haar_dwt, haar_idwt, padded_length
 from ..ops.heads import compute_dtype
 from ..ops.wavelets import dwt_lengths, wavelet_dwt, wavelet_filter, wavelet_idwt
 from .base import Capabilities, Mixer
@@ -274,8 +274,7 @@ class Waveformer(Mixer):
         coeffs = torch.cat(haar_dwt(x, self.levels), dim=-2)
         # The projections are linear along channels, so they commute with the transform.
         yc = self.attention(coeffs, attention_mask=valid)  # 0 at padding-only coefficients
-        sizes = [n_pad >> self.levels] + [n_pad >> level for level in range(self.levels, 0, -1)]
-        y = haar_idwt(list(torch.split(yc, sizes, dim=-2)), length=n)
+        y = haar_idwt(list(torch.split(yc, band_sizes(n, self.levels), dim=-2)), length=n)
         return y if self.token_bias is None else y + self.token_bias
 
     def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:

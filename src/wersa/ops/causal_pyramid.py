@@ -179,57 +179,79 @@ def pyramid_delay_weights(gains: Tensor, levels: int) -> Tensor:
     return (gains @ pyramid_window_weights(levels, dtype=gains.dtype, device=gains.device)).flip(-1)
 
 
-def _delay_weights(gains: Tensor, levels: int, like: Tensor) -> Tensor:
-    """:func:`pyramid_delay_weights` shaped ``(B, 1.., N, 2^L)`` to broadcast against ``like``
-    ``(B, ..., N, d)`` once its last axis is sliced."""
-    w = pyramid_delay_weights(gains, levels)
+# Tokens per block of the gains' gradient reduction (bounds its temporaries).
+_REDUCE_BLOCK = 4096
+
+
+def _tap_weights(w: Tensor, like: Tensor) -> Tensor:
+    """``w (B, N, J)`` shaped ``(B, 1.., N, J)`` to broadcast against ``like`` ``(B, ..., N, d)``."""
     return w.reshape(w.shape[0], *([1] * (like.dim() - 3)), w.shape[1], w.shape[2]).to(like.dtype)
 
 
-# Tokens per block of the gains' gradient reduction (bounds its temporaries).
-_REDUCE_BLOCK = 4096
+def window_taps_rows(x: Tensor, w: Tensor, start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of the causal window filter ``y[t] = sum_j w[t, j] x[t - j]``.
+
+    ``x (B, ..., N, d)``, ``w (B, N, J)`` (zeros before the start of ``x``). Each delay is one
+    in-place multiply-add over shifted views; rows before ``start`` are read, never written,
+    so a consumer can filter block by block.
+    """
+    wb = _tap_weights(w, x)
+    out = x[..., start:stop, :] * wb[..., start:stop, 0:1]
+    for j in range(1, w.shape[-1]):
+        lo = max(start, j)  # the first output whose input j rows back exists
+        if lo < stop:
+            out[..., lo - start:, :].addcmul_(wb[..., lo:stop, j:j + 1], x[..., lo - j:stop - j, :])
+    return out
+
+
+def window_taps_rows_backward(g: Tensor, x: Tensor, w: Tensor, start: int, stop: int,
+                              g_x: Tensor | None, g_w: Tensor | None) -> None:
+    """Accumulate the gradients of :func:`window_taps_rows` given ``g (B, ..., stop - start, d)``:
+    ``g_x[t - j] += w[t, j] g[t]`` (reaching before ``start``) and ``g_w[t, j] += <g[t], x[t - j]>``
+    summed over the middle axes and ``d``. Either target may be ``None`` (not needed)."""
+    wb = _tap_weights(w, x)
+    shared = tuple(range(1, x.dim() - 2)) + (x.dim() - 1,)
+    for j in range(w.shape[-1]):
+        lo = max(start, j)
+        if lo < stop:
+            gj, xj = g[..., lo - start:, :], x[..., lo - j:stop - j, :]
+            if g_x is not None:
+                g_x[..., lo - j:stop - j, :].addcmul_(wb[..., lo:stop, j:j + 1], gj)
+            if g_w is not None:
+                g_w[:, lo:stop, j] += (gj * xj).sum(dim=shared)
+
 
 class _CausalPyramidTaps(torch.autograd.Function):
     """:func:`causal_haar_pyramid` as ``2^L`` taps per token, saving only its inputs.
 
     The output at ``t`` is ``sum_s w_s[t] x[t - s]`` over the window's ``2^L`` delays,
-    with ``w[t] = g[t] @ W`` (:func:`pyramid_window_weights`). Each delay is one in-place
-    multiply-add over a shifted view, no copy, so the pass costs ``2^L`` sweeps of ``x``
-    where the level recursion costs about five allocating sweeps per level: fewer for
-    ``L <= 4``. The backward pass is the same sweep with the delays reversed, and the
-    gains' gradient is ``<dy[t], x[t - s]>`` mapped back through ``W``.
+    with ``w[t] = g[t] @ W`` (:func:`pyramid_delay_weights`, :func:`window_taps_rows`).
+    Each delay is one in-place multiply-add over a shifted view, no copy, so the pass costs
+    ``2^L`` sweeps of ``x`` where the level recursion costs about five allocating sweeps per
+    level: fewer for ``L <= 4``. The backward pass is the same sweep with the delays
+    reversed, and the gains' gradient is ``<dy[t], x[t - s]>`` mapped back through ``W``.
     """
 
     @staticmethod
     def forward(ctx, x, gains, levels):
         ctx.levels = levels
         ctx.save_for_backward(x, gains)
-        w = _delay_weights(gains, levels, x)
-        n = x.shape[-2]
-        y = x * w[..., 0:1]
-        for s in range(1, min(2 ** levels, n)):
-            y[..., s:, :].addcmul_(w[..., s:, s:s + 1], x[..., :n - s, :])
-        return y
+        return window_taps_rows(x, pyramid_delay_weights(gains, levels), 0, x.shape[-2])
 
     @staticmethod
     def backward(ctx, gy):
         x, gains = ctx.saved_tensors
         L, n = ctx.levels, x.shape[-2]
-        g_x = g_gains = None
-        if ctx.needs_input_grad[0]:
-            w = _delay_weights(gains, L, x)
-            g_x = gy * w[..., 0:1]
-            for s in range(1, min(2 ** L, n)):
-                g_x[..., :n - s, :].addcmul_(w[..., s:, s:s + 1], gy[..., s:, :])
-        if ctx.needs_input_grad[1]:
-            shared = tuple(range(1, x.dim() - 2)) + (x.dim() - 1,)
-            g_w = gy.new_zeros(gains.shape[0], n, 2 ** L)  # by delay
-            # Token blocks: the products are block-sized temporaries, not x-sized ones (at 128k
-            # tokens one x-sized product is 256 MiB on top of the backward pass's peak).
-            for s in range(min(2 ** L, n)):
-                for a in range(s, n, _REDUCE_BLOCK):
-                    b = min(a + _REDUCE_BLOCK, n)
-                    g_w[:, a:b, s] = (gy[..., a:b, :] * x[..., a - s:b - s, :]).sum(dim=shared)
+        w = pyramid_delay_weights(gains, L)
+        g_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        g_w = gy.new_zeros(w.shape) if ctx.needs_input_grad[1] else None
+        # Token blocks: the gains' products are block-sized temporaries, not x-sized ones (at 128k
+        # tokens one x-sized product is 256 MiB on top of the backward pass's peak).
+        for a in range(0, n, _REDUCE_BLOCK):
+            b = min(a + _REDUCE_BLOCK, n)
+            window_taps_rows_backward(gy[..., a:b, :], x, w, a, b, g_x, g_w)
+        g_gains = None
+        if g_w is not None:
             window = pyramid_window_weights(L, dtype=g_w.dtype, device=g_w.device)
             g_gains = (g_w.flip(-1) @ window.T).to(gains.dtype)
         return g_x, g_gains, None

@@ -59,8 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .causal_pyramid import window_taps_rows, window_taps_rows_backward
 from .feature_maps import softmax_kernel_features
-from .haar import haar_filter_rows, haar_filter_rows_backward, padded_length
+from .haar import band_sizes, haar_filter_rows, haar_filter_rows_backward
 from .linear_attention import LinearAttentionState, causal_linear_attention, linear_attention
 from .running_max_attention import RunningMaxState, running_max_attention_reference
 
@@ -160,16 +161,8 @@ def _finite(x: Tensor) -> Tensor:
 
 
 def _taps(x: Tensor, w: Tensor | None, s: int, t: int) -> Tensor:
-    """Tokens ``s:t`` of ``x`` ``(B, H, N, d)``, filtered by causal taps when ``w`` is given:
-    ``sum_j w[:, u, j] x[u - j]`` with ``w`` ``(B, N, J)`` (zeros before the start)."""
-    if w is None:
-        return x[:, :, s:t]
-    out = x[:, :, s:t] * w[:, None, s:t, 0:1]
-    for j in range(1, w.shape[-1]):
-        lo = max(s, j)  # the first output whose input j tokens back exists
-        if lo < t:
-            out[:, :, lo - s:].addcmul_(w[:, None, lo:t, j:j + 1], x[:, :, lo - j:t - j])
-    return out
+    """Tokens ``s:t`` of ``x`` ``(B, H, N, d)``, through the causal window taps ``w (B, N, J)`` when given."""
+    return x[:, :, s:t] if w is None else window_taps_rows(x, w, s, t)
 
 
 def _haar_rows(x: Tensor, haar, s: int, t: int) -> Tensor:
@@ -177,22 +170,10 @@ def _haar_rows(x: Tensor, haar, s: int, t: int) -> Tensor:
     return x[:, :, s:t] if haar is None else haar_filter_rows(x, haar[1], haar[0], s, t)
 
 
-def _split_bands(gains: Tensor, levels: int, n: int) -> list[Tensor]:
-    """``(B, sum of band sizes)`` -> the bands in DWT order ``[g_A, g_D_L, ..., g_D_1]``."""
-    n_pad = padded_length(n, levels)
-    sizes = [n_pad >> levels] + [n_pad >> lv for lv in range(levels, 0, -1)]
-    return list(gains.split(sizes, dim=1))
-
-
-def _taps_backward(g: Tensor, x: Tensor, w: Tensor, s: int, t: int, g_x: Tensor, g_w: Tensor) -> None:
-    """Accumulate the gradients of :func:`_taps` over tokens ``s:t`` (``g`` ``(B, H, t - s, d)``):
-    ``g_x[u - j] += w[u, j] g[u]`` and ``g_w[u, j] += <g[u], x[u - j]>`` (summed over heads and ``d``)."""
-    for j in range(w.shape[-1]):
-        lo = max(s, j)
-        if lo < t:
-            gj, xj = g[:, :, lo - s:], x[:, :, lo - j:t - j]
-            g_x[:, :, lo - j:t - j].addcmul_(w[:, None, lo:t, j:j + 1], gj)
-            g_w[:, lo:t, j] += (gj * xj).sum(dim=(1, 3))
+def _haar_spec(gains: Tensor | None, levels: int, n: int):
+    """``(levels, [g_A, g_D_L, ..., g_D_1])`` from the bands concatenated ``(B, sum of band sizes)``,
+    or ``None`` without a filter."""
+    return None if gains is None else (levels, list(gains.split(band_sizes(n, levels), dim=1)))
 
 
 def _check_key_shift(key_shift) -> bool:
@@ -513,8 +494,8 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
         if taps is None:
             g_q[:, :, s:t], g_k[:, :, s:t] = g_qb, g_kb
         else:
-            _taps_backward(g_qb, q, taps, s, t, g_q, g_taps)
-            _taps_backward(g_kb, k, taps, s, t, g_k, g_taps)
+            window_taps_rows_backward(g_qb, q, taps, s, t, g_q, g_taps)
+            window_taps_rows_backward(g_kb, k, taps, s, t, g_k, g_taps)
     return g_q, g_k, g_v, g_b, g_taps
 
 
@@ -526,7 +507,7 @@ class _FavorAttention(torch.autograd.Function):
         inv_b = (1.0 / bandwidth).view(1, -1, 1, 1)
         key_max = isinstance(key_shift, str)
         offsets = _offsets(omega, None if key_max else key_shift)
-        haar = None if haar_gains is None else (haar_levels, _split_bands(haar_gains, haar_levels, q.shape[-2]))
+        haar = _haar_spec(haar_gains, haar_levels, q.shape[-2])
         if causal:
             y, den, extra, maxes, _, _ = _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block_size,
                                                          chunk_size, offsets, normalize=normalize, key_max=key_max,
@@ -554,9 +535,9 @@ class _FavorAttention(torch.autograd.Function):
                                                           den, extra, maxes, block_size, chunk_size, offsets,
                                                           normalize, taps)
         else:
-            haar = None if haar_gains is None else (haar_levels, _split_bands(haar_gains, haar_levels, q.shape[-2]))
             g_q, g_k, g_v, g_b, g_bands = _bidir_backward(gy, q, k, v, omega4, omega_t, inv_b, ctx.key_mask, y,
-                                                          den, extra, block_size, offsets, normalize, haar)
+                                                          den, extra, block_size, offsets, normalize,
+                                                          _haar_spec(haar_gains, haar_levels, q.shape[-2]))
             if g_bands is not None:
                 g_haar = torch.cat(g_bands, dim=1)
         # g_b is dL/db already (_features_backward differentiates x^ = u / b with respect to b).
@@ -614,8 +595,7 @@ def favor_attention(
         if causal or isinstance(key_shift, str):
             raise ValueError("haar_gains: only the bidirectional form with a constant key shift filters q and k")
         haar_levels = max(len(haar_gains) - 1, 0)
-        n_pad = padded_length(q.shape[-2], haar_levels)
-        sizes = [n_pad >> haar_levels] + [n_pad >> lv for lv in range(haar_levels, 0, -1)]
+        sizes = band_sizes(q.shape[-2], haar_levels)
         if [tuple(g.shape) for g in haar_gains] != [(q.shape[0], n) for n in sizes]:
             raise ValueError(f"haar_gains must be L + 1 band gains (B, n_band) in DWT order, sizes {sizes} for "
                              f"{q.shape[-2]} tokens; got {[tuple(g.shape) for g in haar_gains]}")

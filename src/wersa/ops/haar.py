@@ -44,6 +44,12 @@ def padded_length(n: int, levels: int) -> int:
     return -(-n // block) * block
 
 
+def band_sizes(n: int, levels: int) -> list[int]:
+    """Coefficients per band of an ``n``-row signal, in :func:`haar_dwt`'s order ``[cA_L, cD_L, ..., cD_1]``."""
+    n_pad = padded_length(n, levels)
+    return [n_pad >> levels] + [n_pad >> lv for lv in range(levels, 0, -1)]
+
+
 def haar_dwt(x: Tensor, levels: int) -> list[Tensor]:
     """``L``-level orthonormal Haar DWT along axis -2.
 
@@ -157,8 +163,7 @@ def haar_filter(x: Tensor, gains: list[Tensor], levels: int) -> Tensor:
         ``(B, ..., N, d)``.
     """
     _check_gains(gains, levels)
-    n = x.shape[-2]
-    return _filter_from_means(_block_means(_pad_rows(x, levels), levels), gains)[..., :n, :]
+    return haar_filter_rows(x, gains, levels, 0, x.shape[-2])
 
 
 def block_mean(values: Tensor, block: int, valid: Tensor | None = None) -> Tensor:
