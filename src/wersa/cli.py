@@ -466,7 +466,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the generated text is the output
-    model = WersaForCausalLM.from_pretrained(str(path)).eval()
+    model = WersaForCausalLM.from_pretrained(str(path), compile_step=args.compile_step).eval()
     # There is no begin-of-text token: an empty prompt starts after a newline (not printed).
     context = args.prompt.encode("utf-8") or b"\n"
     ids = torch.tensor([[b + offset for b in context]], dtype=torch.long)
@@ -614,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=_nonneg_float, default=0.0, help="sampling temperature; 0 = greedy")
     g.add_argument("--top-k", type=_nonneg_int, default=0, help="sample from the k likeliest bytes only (0 = all)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--compile-step", action="store_true",
+                   help="decode through torch.compile of the mixers' token step (faster per token after a "
+                        "compilation of a few seconds; needs a C++ compiler)")
     g.set_defaults(func=cmd_generate)
     return p
 

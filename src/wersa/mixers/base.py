@@ -11,7 +11,8 @@ same for all mechanisms, so each mechanism file only holds its math:
   length beyond ``max_len``) with a ``ValueError`` naming the mechanism;
 * the empty sequence (``N = 0`` returns an empty output);
 * zeroing outputs at padded positions, so all-padding rows are exactly zero;
-* the token-by-token API (``init_state`` / ``step`` / ``step_through`` / ``prefill``).
+* the token-by-token API (``init_state`` / ``step`` / ``step_through`` / ``prefill``),
+  and running ``step`` through ``torch.compile`` (:meth:`Mixer.compile_step`).
 
 Conventions, shared by the whole library:
 
@@ -28,13 +29,17 @@ Conventions, shared by the whole library:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Mixer._compiled_step: (class, options) -> torch.compile(cls._step, **options).
+_COMPILED_STEPS: dict[tuple, Callable] = {}
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -93,6 +98,10 @@ class Mixer(nn.Module):
 
     capabilities: ClassVar[Capabilities]
     check_finite: bool = True  # set False to skip the NaN/Inf scan of the input
+    # torch.compile options of the token step (None: eager); set by compile_step().
+    step_compile_options: dict[str, Any] | None = None
+    # Whether _step compiles to one graph (compile_step's default fullgraph).
+    step_fullgraph: ClassVar[bool] = False
     # Names changed since 0.1.0, old -> new (listed in CHANGELOG.md). The registry maps
     # old option names with a FutureWarning (an old name may map to a tuple of new names
     # that all take its value); old state-dict key prefixes load as the new ones.
@@ -291,11 +300,57 @@ class Mixer(nn.Module):
         mask = None
         if attention_mask is not None:
             mask = self._check_step_mask(attention_mask, x_t.shape[0], x_t.device)
-        y, new_state = self._step(x_t, state)
+        step = self._step if self.step_compile_options is None else self._compiled_step()
+        y, new_state = step(x_t, state, *self._step_inputs(x_t))
         if mask is not None:
             new_state = self._select_state(mask, new_state, state)
             y = y.masked_fill(~mask.unsqueeze(-1), 0.0)
         return y, new_state
+
+    def compile_step(self, enable: bool = True, **options: Any) -> "Mixer":
+        """Run :meth:`step` (and so ``step_through`` and the models' decoding) through
+        ``torch.compile``; ``compile_step(False)`` goes back to eager. Returns ``self``.
+
+        A decoding step does a fixed, small amount of work, so its time is mostly the
+        per-operator overhead of eager mode, which compilation removes (inductor fuses the
+        elementwise work into a few loops). The first step of each new shape (batch size,
+        dtype) compiles, which takes seconds; values, states and gradients equal eager's up
+        to floating-point rounding. ``options`` go to ``torch.compile`` (``mode``,
+        ``backend``, ``dynamic``, ``fullgraph``; ``fullgraph`` defaults to
+        ``step_fullgraph``, ``True`` for mixers whose step is one graph). On CPU
+        inductor needs a C++ compiler.
+
+        Only the token step is compiled; the parallel forms (``forward``, ``prefill``)
+        stay eager. The setting is a plain attribute (``step_compile_options``), so copies
+        of the module keep it; the compiled function is shared by the instances of a class.
+        """
+        self._require_recurrent()
+        if not enable:
+            self.step_compile_options = None
+            return self
+        options = {"fullgraph": type(self).step_fullgraph, **options}
+        try:
+            inspect.signature(torch.compile).bind(None, **options)
+        except TypeError as err:
+            raise TypeError(f"{self.capabilities.name}.compile_step: {err}; the options are those of "
+                            f"torch.compile (mode, backend, dynamic, fullgraph, options)") from None
+        self.step_compile_options = options
+        return self
+
+    def _compiled_step(self) -> Callable[..., tuple[Tensor, Any]]:
+        """``self._step`` compiled with ``step_compile_options`` (one compiled function per
+        class and options, kept outside the instance so that copies and pickles stay plain)."""
+        options = self.step_compile_options
+        key = (type(self), repr(sorted(options.items())))
+        fn = _COMPILED_STEPS.get(key)
+        if fn is None:
+            fn = _COMPILED_STEPS[key] = torch.compile(type(self)._step, **options)
+        return lambda *args: fn(self, *args)
+
+    def _step_inputs(self, x_t: Tensor) -> tuple:
+        """Extra arguments of :meth:`_step` computed eagerly before it (e.g. constants cached
+        across tokens, which a compiled step should receive rather than recompute)."""
+        return ()
 
     def _check_state_batch(self, state: Any, batch: int) -> None:
         """``state`` must hold ``batch`` sequences: every state tensor is batch-first, so a

@@ -158,6 +158,7 @@ class WERSA(RandomFeatureMixin, Mixer):
         qkv_bias, out_bias: biases of the input and output projections.
     """
 
+    step_fullgraph = True  # the token step is one graph for torch.compile
     renamed_options = {"fused": "recompute", "kernel_size": "conv_size"}
     renamed_parameters = {"out.": "out_proj.", "omega": "projection_matrix",
                           "forward_count": "calls_since_redraw"}
@@ -430,23 +431,29 @@ class WERSA(RandomFeatureMixin, Mixer):
             self._step_cache = (key, consts)
         return consts
 
-    def _step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """One token: ``x_t (B, D)``. Queries and keys go through the pyramid and the
-        feature map together (one ``(B, 2, H, ., d)`` tensor), so the per-token work is a
-        handful of small GEMMs and elementwise ops, whatever the context length."""
+    def _step_inputs(self, x_t: Tensor) -> tuple:
+        return (self._step_constants(compute_dtype(x_t.dtype)),)
+
+    def _step(self, x_t: Tensor, state: dict[str, Tensor], constants: tuple) -> tuple[Tensor, dict[str, Tensor]]:
+        """One token: ``x_t (B, D)``; ``constants`` from :meth:`_step_constants`. Queries and
+        keys go through the pyramid and the feature map together (one ``(B, 2, H, ., d)``
+        tensor), so the per-token work is a handful of small GEMMs and elementwise ops,
+        whatever the context length. One graph for ``torch.compile`` (:meth:`compile_step`)."""
         b, H, d = x_t.shape[0], self.num_heads, self.head_dim
         work = compute_dtype(x_t.dtype)
-        omega_t, half_inv_b2, key_offset, log_scale, weights = self._step_constants(work)
+        omega_t, half_inv_b2, key_offset, log_scale, weights = constants
         qkv = self.qkv(x_t).view(b, 3, H, d)
         qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, d), (B, H, d)
         new = dict(state)
         window = torch.cat([state["conv"], x_t.unsqueeze(1)], dim=1)  # (B, K, D), newest last
-        new["conv"] = window[:, 1:]
+        # The state stays contiguous, as init_state and prefill make it, so a compiled step's
+        # input strides are the same at every token (no recompilation at the second token).
+        new["conv"] = window[:, 1:].contiguous()
         if self.levels > 0:
             conv = (window * self.gate_conv.weight[:, 0, :].T).sum(1) + self.gate_conv.bias
             gains = torch.sigmoid(self.gate_mlp(conv)) * self.scale_weights  # (B, L+1)
             hist = torch.cat([state["qk_hist"], qk.unsqueeze(-2)], dim=-2)  # (B, 2, H, 2^L, d)
-            new["qk_hist"] = hist[..., 1:, :]
+            new["qk_hist"] = hist[..., 1:, :].contiguous()
             # The pyramid output is a gain-weighted average of the window: (B, 1, 1, 1, 2^L) @ window.
             qk = ((gains.to(weights.dtype) @ weights).to(hist.dtype).view(b, 1, 1, 1, -1) @ hist).squeeze(-2)
         qk = qk.to(work)
@@ -510,8 +517,9 @@ class WERSA(RandomFeatureMixin, Mixer):
             tail, valid = _last_tokens(xm, lengths, hist)
             qk = self.qkv(tail)[..., : 2 * self.dim]  # (B, 2^L - 1, 2D)
             qk = qk.view(qk.shape[0], hist, 2, self.num_heads, self.head_dim).permute(0, 2, 3, 1, 4)
-            state["qk_hist"] = qk * valid[:, None, None, :, None].to(qk.dtype)  # zeros before the start, bias or not
-        state["S"], state["z"] = la.S, la.z
+            # zeros before the start, bias or not; contiguous, as init_state and step make it
+            state["qk_hist"] = (qk * valid[:, None, None, :, None].to(qk.dtype)).contiguous()
+        state["S"], state["z"] = la.S.contiguous(), la.z.contiguous()  # as init_state makes them
         return y, state
 
     def extra_repr(self) -> str:

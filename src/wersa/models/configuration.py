@@ -80,6 +80,11 @@ class WersaConfig(PretrainedConfig):
         initializer_range: std of the normal init of embeddings and linear layers
             outside the mixers (mixers keep their own init).
         use_cache: return a decoding cache from causal forward passes by default.
+        compile_step: decode through ``torch.compile`` of the recurrent mixers' token step
+            (:meth:`wersa.mixers.Mixer.compile_step`): faster generation after a compilation
+            of a few seconds per batch size (inductor on CPU needs a C++ compiler); outputs
+            equal eager's up to rounding. Needs a causal model with at least one recurrent
+            layer; the parallel passes (training, the prompt) stay eager.
     """
 
     model_type = "wersa"
@@ -108,6 +113,7 @@ class WersaConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         initializer_range: float = 0.02,
         use_cache: bool = True,
+        compile_step: bool = False,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -199,6 +205,8 @@ class WersaConfig(PretrainedConfig):
         _choice("classifier_pooling", classifier_pooling, POOLINGS)
         if not isinstance(initializer_range, (int, float)) or initializer_range <= 0:
             raise ValueError(f"WersaConfig: initializer_range must be a positive float, got {initializer_range!r}")
+        if not isinstance(compile_step, bool):
+            raise TypeError(f"WersaConfig: compile_step must be True or False, got {compile_step!r}")
         if tie_word_embeddings and vocab_size is None:
             # Nothing to tie without a token embedding; record it so the saved config is truthful.
             tie_word_embeddings = False
@@ -226,6 +234,7 @@ class WersaConfig(PretrainedConfig):
         self.classifier_dropout = float(classifier_dropout)
         self.initializer_range = float(initializer_range)
         self.use_cache = bool(use_cache)
+        self.compile_step = compile_step
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
             pad_token_id=pad_token_id,

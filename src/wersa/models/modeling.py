@@ -248,6 +248,16 @@ class WersaModel(WersaPreTrainedModel):
         )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(WersaBlock(config, name, opts, causal) for name, opts in specs)
+        if config.compile_step:
+            recurrent = [layer for layer in self.layers if layer.cache_kind == "recurrent"]
+            if not causal or not recurrent:
+                raise ValueError(
+                    "WersaConfig: compile_step=True compiles the token step of recurrent causal mixers, "
+                    f"but this {'bidirectional model' if not causal else 'model has no recurrent layer'} "
+                    "has none; set compile_step=False"
+                )
+            for layer in recurrent:
+                layer.mixer.compile_step()
         self.norm = _make_norm(config)
         self.post_init()
 
