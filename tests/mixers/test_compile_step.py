@@ -125,3 +125,16 @@ def test_compile_step_refuses_mixers_without_a_step():
         wersa.build_mixer("wersa_published", dim=DIM, num_heads=HEADS).compile_step()
     with pytest.raises(TypeError, match="options"):
         build().compile_step(not_an_option=1)
+
+
+@pytest.mark.parametrize("opts", [{}, {"levels": 0, "feature_map": "relu"}])
+def test_compiled_step_does_not_recompile_from_token_to_token(opts):
+    # prefill and every step leave the state in one layout, so the guards of the first
+    # compiled step hold for the next tokens (a recompilation per layout would cost seconds).
+    m = build(**opts).compile_step()
+    with torch.no_grad():
+        _, state = m.prefill(x_of(6))
+        _, state = m.step(x_of(1)[:, 0], state)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for t in range(3):
+                _, state = m.step(x_of(1, seed=t)[:, 0], state)
