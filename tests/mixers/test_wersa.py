@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import wersa
 from wersa.mixers.wersa import exact_kernel_attention
+from wersa.ops.heads import split_heads
 
 
 def build(causal=False, seed=0, **opts):
@@ -30,8 +31,7 @@ def build(causal=False, seed=0, **opts):
 
 def exact_core(m, x, causal):
     """SDPA on the mixer's own l2-normalised q, k (bandwidth 1, identity filter)."""
-    q, k, v = m.qkv(x).chunk(3, dim=-1)
-    q, k, v = m._heads(q), m._heads(k), m._heads(v)
+    q, k, v = (split_heads(t, m.num_heads) for t in m.qkv(x).chunk(3, dim=-1))
     return F.scaled_dot_product_attention(F.normalize(q, dim=-1), F.normalize(k, dim=-1), v,
                                           is_causal=causal, scale=1.0)
 
@@ -63,7 +63,7 @@ def test_exact_kernel_oracle_equals_sdpa(causal):
     with torch.no_grad():
         m.beta.fill_(math.log(math.expm1(1.0 - m.min_bandwidth)))  # b = 1
         assert torch.allclose(m.attend_exact(x), exact_core(m, x, causal), atol=1e-12)
-        q, k, v = (m._heads(t) for t in m.qkv(x).chunk(3, dim=-1))
+        q, k, v = (split_heads(t, m.num_heads) for t in m.qkv(x).chunk(3, dim=-1))
         y = exact_kernel_attention(q, k, v, m.bandwidth, causal=causal)
         assert torch.allclose(y, exact_core(m, x, causal), atol=1e-12)
 
@@ -197,7 +197,7 @@ def _kernel_errors(b, m_features, n=256, seed=0):
         approx, exact = m.attend(x), m.attend_exact(x)
         m.beta.fill_(math.log(math.expm1(1.0 - m.min_bandwidth)))
         exact_b1 = m.attend_exact(x)
-        v = m._heads(m.qkv(x).chunk(3, dim=-1)[2])
+        v = split_heads(m.qkv(x).chunk(3, dim=-1)[2], m.num_heads)
     rel = lambda a, r: ((a - r).norm() / r.norm()).item()  # noqa: E731
     return rel(approx, exact), rel(approx, exact_b1), rel(v.mean(2, keepdim=True).expand_as(v), exact)
 
@@ -227,3 +227,23 @@ def test_checkpoint_with_0_1_0_random_feature_buffers_loads():
     fresh = wersa.build_mixer("wersa", dim=32, num_heads=4, num_features=16, feature_seed=9)
     fresh.load_state_dict(old)
     assert torch.equal(fresh.projection_matrix, old["omega"]) and int(fresh.redraws) == 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lean_layer_allocates_few_sequence_sized_tensors(causal):
+    """Forward + backward of the memory-lean layer: every fresh tensor of half an input size or
+    more is a page-faulted ``mmap`` at long lengths on CPU, so their number is kept down. The
+    core's output is stored token-major (the heads' merge is a view), and its q, k, v gradients
+    fill one buffer laid out like the qkv projection (no concatenation after it). What remains:
+    the projections' outputs and input gradients, the gate convolution (its padded input, its
+    output, their gradients), the core's output and q/k/v gradients, the head norm and its
+    gradient, and the gradient sum of ``x``'s two uses (qkv and gates) and ``x.grad``."""
+    from wersa.bench.memory import AllocatedBytes
+
+    m = wersa.build_mixer("wersa", dim=64, num_heads=4, causal=causal, levels=2, num_features=16, block_size=64,
+                          chunk_size=16, conv_size=5)
+    x = torch.randn(2, 512, 64, requires_grad=True)
+    with AllocatedBytes(min_bytes=x.numel() * 4 // 2) as probe:
+        m(x).sum().backward()
+    assert probe.count <= 18, probe.count  # 22 with a copy for the heads' merge and a concatenated qkv gradient
+    assert probe.total <= 22.05 * x.numel() * 4

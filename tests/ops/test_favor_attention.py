@@ -454,3 +454,36 @@ def test_depthwise_conv1d_pads_inside_and_saves_no_padded_copy(padding):
     assert gradcheck(lambda x, w, b: depthwise_conv1d(x, w, b, padding), (base.transpose(1, 2), w, b), fast_mode=True)
     with pytest.raises(ValueError, match="non-negative"):
         depthwise_conv1d(base.transpose(1, 2), w, b, (-1, 0))
+
+
+@pytest.mark.parametrize("mode", ["bidir", "causal", "causal_taps", "bidir_haar"])
+def test_heads_of_one_projection_get_their_gradients_in_one_buffer(mode):
+    """q, k, v as heads of one fused projection (``split_qkv_heads``): the core's gradients fill
+    one buffer laid out like the projection (no concatenation after), equal to the gradients
+    of separate q, k, v; the output is stored token-major, so merging the heads is a view."""
+    from wersa.ops.heads import is_fused_qkv, split_qkv_heads
+
+    n, H, d = 21, 3, 5
+    _, _, _, omega, bw = inputs(n, h=H, d=d)
+    qkv = torch.randn(2, n, 3 * H * d, dtype=F64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    opts = {"causal": mode.startswith("causal"), "chunk_size": 4, "block_size": 8,
+            "key_shift": normalized_key_shift(omega, bw)}
+    if mode == "causal_taps":
+        opts["taps"] = torch.rand(2, n, 4, dtype=F64)
+    if mode == "bidir_haar":
+        opts["haar_gains"] = [torch.rand(2, s, dtype=F64) for s in (6, 6, 12)]
+    fused = split_qkv_heads(qkv, H)
+    separate = [t.detach().clone().requires_grad_(True) for t in fused]
+    y = favor_attention(*fused, omega, bw, **opts)
+    y_sep = favor_attention(*separate, omega, bw, **opts)
+    assert torch.equal(y, y_sep)
+    assert y.transpose(1, 2).is_contiguous()  # token-major
+    g = torch.randn_like(y)
+    seen = {}
+    hook = lambda name: (lambda grad: seen.__setitem__(name, grad))
+    for name, t in zip("qkv", fused):
+        t.register_hook(hook(name))
+    (g_qkv,) = torch.autograd.grad(y, qkv, g)
+    assert is_fused_qkv(seen["q"], seen["k"], seen["v"])
+    g_sep = torch.autograd.grad(y_sep, separate, g)
+    assert torch.equal(g_qkv, torch.cat([t.transpose(1, 2).reshape(2, n, H * d) for t in g_sep], dim=-1))

@@ -63,7 +63,7 @@ from ..ops.feature_maps import (
     softmax_kernel_features,
 )
 from ..ops.haar import block_mean, haar_filter, haar_filter_lean, padded_length
-from ..ops.heads import compute_dtype
+from ..ops.heads import compute_dtype, split_qkv_heads
 from ..ops.linear_attention import causal_linear_attention, linear_attention, linear_attention_init_state
 from ..ops.softmax_attention import softmax_attention_reference
 from .base import Capabilities, Mixer
@@ -243,11 +243,6 @@ class WERSA(RandomFeatureMixin, Mixer):
         return normalized_key_shift(self.omega.to(dtype), self.bandwidth.to(dtype))
 
     # ------------------------------------------------------------------ pieces
-    def _heads(self, t: Tensor) -> Tensor:
-        """``(B, N, D) -> (B, H, N, d)``."""
-        b, n, _ = t.shape
-        return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
     def _gates(self, x: Tensor) -> Tensor:
         """Per-token band gains ``(B, N, L+1)``: sigmoid(MLP(conv(x))) * scale_weights."""
         h = x.transpose(1, 2)  # (B, D, N)
@@ -286,8 +281,9 @@ class WERSA(RandomFeatureMixin, Mixer):
         per-token band gains ``(B, N, L+1)`` (``None`` without levels)."""
         if mask is not None:
             x = x * mask.unsqueeze(-1).to(x.dtype)
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        # Views of the fused projection; the attention core's gradients for them fill one
+        # buffer laid out like it, so the projection's backward needs no concatenation.
+        q, k, v = split_qkv_heads(self.qkv(x), self.num_heads)
         if mask is not None:
             m4 = mask[:, None, :, None].to(q.dtype)
             q, k = q * m4, k * m4
@@ -322,10 +318,11 @@ class WERSA(RandomFeatureMixin, Mixer):
         return out
 
     def _merge_heads(self, y: Tensor) -> Tensor:
-        """``(B, H, N, d) -> (B, N, D)`` through the per-head norm and ``W_o``."""
-        y = self.head_norm(y)
+        """``(B, H, N, d) -> (B, N, D)`` through the per-head norm and ``W_o``. The norm (over
+        ``d``) runs on the token-major view ``(B, N, H, d)``: the attention core stores its
+        output that way, so neither the norm nor the merge copies it."""
         b, h, n, d = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(b, n, h * d))
+        return self.out_proj(self.head_norm(y.transpose(1, 2)).reshape(b, n, h * d))
 
     # ----------------------------------------------------------------- forward
     def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:

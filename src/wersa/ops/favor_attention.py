@@ -62,6 +62,7 @@ from torch import Tensor
 from .causal_pyramid import window_taps_rows, window_taps_rows_backward
 from .feature_maps import softmax_kernel_features
 from .haar import band_sizes, haar_filter_rows, haar_filter_rows_backward
+from .heads import empty_like_qkv
 from .linear_attention import LinearAttentionState, causal_linear_attention, linear_attention
 from .running_max_attention import RunningMaxState, running_max_attention_reference
 
@@ -146,6 +147,12 @@ def _add_matmul_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return acc
 
 
+def _token_major(v: Tensor, B: int, H: int, N: int, d: int) -> Tensor:
+    """An empty ``(B, H, N, d)`` output stored token-major (``(B, N, H, d)`` in memory), the
+    layout the heads' merge reads: merging it into ``(B, N, H*d)`` is a view, not a copy."""
+    return v.new_empty(B, N, H, d).transpose(1, 2)
+
+
 def _rows(mask: Tensor | None, s: int, t: int) -> Tensor | None:
     """Tokens ``s:t`` of a ``(B, N)`` mask (``None`` stays ``None``)."""
     return None if mask is None else mask[:, s:t]
@@ -219,7 +226,7 @@ def _bidir_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, offsets, norma
             phi_k, _, _ = _block_features(_haar_rows(k, haar, s, t), omega_t, inv_b, False, offsets, normalize,
                                            _rows(key_mask, s, t))
             kv += phi_k.transpose(-1, -2) @ _ones_column(v[:, :, s:t])
-    y = v.new_empty(B, H, N, d)
+    y = _token_major(v, B, H, N, d)
     den = v.new_empty(B, H, N, 1)
     for s, t in _blocks(N, block):
         phi_q, _, _ = _block_features(_haar_rows(q, haar, s, t), omega_t, inv_b, True, offsets, normalize)
@@ -235,7 +242,7 @@ def _bidir_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, kv, bl
     the band gains' gradients (the filtered blocks are recomputed; their gradients go back
     through the filter, which is self-adjoint)."""
     N, d = v.shape[-2], v.shape[-1]
-    g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    g_q, g_k, g_v = empty_like_qkv(q, k, v)  # one buffer when q, k, v are heads of one projection
     g_bands = None if haar is None else [torch.zeros_like(g) for g in haar[1]]
 
     def put(g_x, x, g_block, s, t):
@@ -436,7 +443,7 @@ def _causal_forward(q, k, v, omega_t, inv_b, key_mask, eps, block, c, offsets, s
         state = v.new_zeros(B, H, m, d + 1)
     run_max = v.new_full((B, H), float("-inf")) if key_max else None
     states, maxes = [], []
-    y = v.new_empty(B, H, N, d)
+    y = _token_major(v, B, H, N, d)
     den = v.new_empty(B, H, N, 1)
     for s, t in _blocks(N, block):
         states.append(state)
@@ -461,13 +468,10 @@ def _causal_backward(gy, q, k, v, omega, omega_t, inv_b, key_mask, y, den, state
     """Gradients of :func:`_causal_forward`: ``g_q``, ``g_k``, ``g_v``, ``g_b`` and, with ``taps``,
     ``g_taps`` (the filtered blocks are recomputed; their gradients go back through the taps)."""
     B, H, N, d = v.shape
-    if taps is None:
-        g_q, g_k = torch.empty_like(q), torch.empty_like(k)
-        g_taps = None
-    else:  # blocks' taps reach into the previous block: accumulate
-        g_q, g_k = torch.zeros_like(q), torch.zeros_like(k)
-        g_taps = torch.zeros_like(taps)
-    g_v = torch.empty_like(v)
+    # One buffer when q, k, v are heads of one projection; with taps, blocks' taps reach into
+    # the previous block, so the gradients accumulate from zero.
+    g_q, g_k, g_v = empty_like_qkv(q, k, v, zero=taps is not None)
+    g_taps = None if taps is None else torch.zeros_like(taps)
     g_b = inv_b.new_zeros(inv_b.numel())
     g_state = None  # gradient of the state leaving the current block (none leaves the last)
     blocks = _blocks(N, block)
@@ -580,7 +584,8 @@ def favor_attention(
             first Haar-filtered, block by block (the filter is local to aligned blocks of
             ``2^L`` tokens), so the filtered ``q`` and ``k`` are never stored.
     Returns:
-        ``(B, H, N, d)`` in the dtype of ``q`` (callers pass fp32 or fp64).
+        ``(B, H, N, d)`` in the dtype of ``q`` (callers pass fp32 or fp64), stored token-major
+        (``y.transpose(1, 2)`` is contiguous), so merging the heads is a view.
     """
     if chunk_size <= 0 or block_size <= 0:
         raise ValueError(f"chunk_size and block_size must be positive, got {chunk_size}, {block_size}")
