@@ -234,10 +234,11 @@ def test_lean_layer_allocates_few_sequence_sized_tensors(causal):
     """Forward + backward of the memory-lean layer: every fresh tensor of half an input size or
     more is a page-faulted ``mmap`` at long lengths on CPU, so their number is kept down. The
     core's output is stored token-major (the heads' merge is a view), and its q, k, v gradients
-    fill one buffer laid out like the qkv projection (no concatenation after it). What remains:
-    the projections' outputs and input gradients, the gate convolution (its padded input, its
-    output, their gradients), the core's output and q/k/v gradients, the head norm and its
-    gradient, and the gradient sum of ``x``'s two uses (qkv and gates) and ``x.grad``."""
+    fill one buffer laid out like the qkv projection (no concatenation after it); the gate
+    convolution reads and writes token-major memory. What remains: the projections' outputs and
+    input gradients, the gate convolution's output, input gradient and padded input for its
+    weight gradient, the core's output and q/k/v gradients, the head norm and its gradient, and
+    the gradient sum of ``x``'s two uses (qkv and gates)."""
     from wersa.bench.memory import AllocatedBytes
 
     m = wersa.build_mixer("wersa", dim=64, num_heads=4, causal=causal, levels=2, num_features=16, block_size=64,
@@ -245,5 +246,8 @@ def test_lean_layer_allocates_few_sequence_sized_tensors(causal):
     x = torch.randn(2, 512, 64, requires_grad=True)
     with AllocatedBytes(min_bytes=x.numel() * 4 // 2) as probe:
         m(x).sum().backward()
-    assert probe.count <= 18, probe.count  # 22 with a copy for the heads' merge and a concatenated qkv gradient
-    assert probe.total <= 22.05 * x.numel() * 4
+    # 22 (26 input sizes) with a copy for the heads' merge, a concatenated qkv gradient and the
+    # gate convolution on channel-major copies
+    count, size = (14, 18.01) if not causal else (15, 19.03)
+    assert probe.count <= count, probe.count
+    assert probe.total <= size * x.numel() * 4, probe.total / (x.numel() * 4)

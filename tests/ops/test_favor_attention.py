@@ -429,11 +429,17 @@ def test_depthwise_conv1d(batch):
 
 
 @pytest.mark.parametrize("padding", [(0, 0), (4, 0), (2, 2), (1, 3)])
-def test_depthwise_conv1d_pads_inside_and_saves_no_padded_copy(padding):
-    """Padding inside the node: the values and gradients of ``conv1d(pad(x))``; what it saves for
-    the backward pass is ``x`` itself (here a transposed view, as the gates pass it), never a
-    padded copy."""
+@pytest.mark.parametrize("chunk", [512, 5])
+def test_depthwise_conv1d_pads_inside_and_saves_no_padded_copy(padding, chunk, monkeypatch):
+    """Padding inside the node: the values and gradients of ``conv1d(pad(x))`` (the weight
+    gradient in one chunk or several); what it saves for the backward pass is ``x`` itself (here
+    a transposed view, as the gates pass it), never a padded copy; output and input gradient
+    are token-major like ``x``."""
+    from wersa.bench.memory import AllocatedBytes
+    from wersa.ops import depthwise_conv
     from wersa.ops.depthwise_conv import depthwise_conv1d
+
+    monkeypatch.setattr(depthwise_conv, "WEIGHT_GRAD_CHUNK", chunk)
 
     g = torch.Generator().manual_seed(sum(padding))
     base = torch.randn(2, 12, 4, generator=g, dtype=F64, requires_grad=True)  # (B, N, C)
@@ -451,6 +457,15 @@ def test_depthwise_conv1d_pads_inside_and_saves_no_padded_copy(padding):
     assert_close_with_grads(y, r, (base, w, b))
     assert all(t.shape[-1] <= 12 for t in saved)
     assert any(t.untyped_storage().data_ptr() == base.untyped_storage().data_ptr() for t in saved)
+    # float32 (oneDNN): the forward allocates its output only, and output and input gradient
+    # are token-major (channel stride 1) like x
+    x32 = base.detach().float().transpose(1, 2).requires_grad_(True)
+    w32, b32 = w.detach().float(), b.detach().float()
+    with AllocatedBytes() as probe:
+        y32 = depthwise_conv1d(x32, w32, b32, padding)
+    assert probe.count == 1 and probe.total <= (y32.shape[-1] + max(padding)) * 2 * 4 * 4
+    (g_x32,) = torch.autograd.grad(y32, x32, torch.randn_like(y32))
+    assert y32.stride(1) == 1 and g_x32.stride(1) == 1
     assert gradcheck(lambda x, w, b: depthwise_conv1d(x, w, b, padding), (base.transpose(1, 2), w, b), fast_mode=True)
     with pytest.raises(ValueError, match="non-negative"):
         depthwise_conv1d(base.transpose(1, 2), w, b, (-1, 0))
