@@ -236,8 +236,8 @@ def test_lean_layer_allocates_few_sequence_sized_tensors(causal):
     core's output is stored token-major (the heads' merge is a view), and its q, k, v gradients
     fill one buffer laid out like the qkv projection (no concatenation after it); the gate
     convolution reads and writes token-major memory. What remains: the projections' outputs and
-    input gradients, the gate convolution's output, input gradient and padded input for its
-    weight gradient, the core's output and q/k/v gradients, the head norm and its gradient, and
+    input gradients, the gate convolution's output and input gradient (and, with more than one
+    batch row, a copy of its input, in chunks, for its weight gradient), the core's output and q/k/v gradients, the head norm and its gradient, and
     the gradient sum of ``x``'s two uses (qkv and gates)."""
     from wersa.bench.memory import AllocatedBytes
 

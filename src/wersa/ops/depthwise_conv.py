@@ -51,14 +51,20 @@ def _padded_conv(x4: Tensor, weight4: Tensor, bias: Tensor | None, left: int, ri
 
 def _weight_grad(x: Tensor, gy: Tensor, left: int, right: int, K: int) -> Tensor:
     """``sum_{b,t} x_pad[b, c, t + k] gy[b, c, t]`` -> ``(C, 1, K)``; ``x (B, C, L)``, ``gy (B, C, n)``."""
-    B, C, _ = x.shape
+    B, C, L = x.shape
     n = gy.shape[-1]
-    # Padded, token-major with the batch inside the channels: (L + left + right, B, C).
-    x_pad = F.pad(x.permute(2, 0, 1), (0, 0, 0, 0, left, right))
+    tokens = x.permute(2, 0, 1)  # (L, B, C): a view when x is token-major
     g_w = x.new_zeros(B * C, K)
     for s in range(0, n, WEIGHT_GRAD_CHUNK):
         t = min(s + WEIGHT_GRAD_CHUNK, n)
-        xs = x_pad[s:t + K - 1].reshape(t - s + K - 1, 1, 1, B * C).permute(1, 3, 2, 0)  # (1, B*C, 1, T+K-1)
+        # Padded rows [s, t + K - 1) are x's rows [s - left, t + K - 1 - left): zeros outside x,
+        # so only the first and last chunks are padded (small copies), never the whole input.
+        lo, hi = s - left, t + K - 1 - left
+        xs = tokens[max(lo, 0):min(hi, L)]
+        if lo < 0 or hi > L:
+            xs = F.pad(xs, (0, 0, 0, 0, max(-lo, 0), max(hi - L, 0)))
+        # (T+K-1, B, C) -> (1, B*C, 1, T+K-1), channels-last (copied only when B > 1)
+        xs = xs.reshape(t - s + K - 1, 1, 1, B * C).permute(1, 3, 2, 0)
         kernel = gy[..., s:t].reshape(B * C, 1, 1, t - s)  # dy of the chunk as one kernel per (row, channel)
         g_w += F.conv2d(xs.contiguous(memory_format=torch.channels_last), kernel.contiguous(),
                         groups=B * C).view(B * C, K)
