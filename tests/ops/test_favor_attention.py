@@ -428,6 +428,26 @@ def test_depthwise_conv1d(batch):
     assert_close_with_grads(depthwise_conv1d(x, w, b), torch.nn.functional.conv1d(x, w, b, groups=4), (x, w, b))
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels", [8, 16, 64])
+def test_depthwise_conv1d_in_half_precision(dtype, channels):
+    """Half-precision inputs (a bfloat16 oneDNN kernel does not return for 16 channels or
+    fewer): float32 arithmetic, results in the input's dtype, gradients too."""
+    from wersa.ops.depthwise_conv import depthwise_conv1d
+
+    g = torch.Generator().manual_seed(channels)
+    base = torch.randn(2, 37, channels, generator=g).to(dtype).requires_grad_(True)
+    w = torch.randn(channels, 1, 33, generator=g).to(dtype).requires_grad_(True)
+    b = torch.randn(channels, generator=g).to(dtype).requires_grad_(True)
+    y = depthwise_conv1d(base.transpose(1, 2), w, b, (16, 16))
+    ref = torch.nn.functional.conv1d(torch.nn.functional.pad(base.float().transpose(1, 2), (16, 16)), w.float(),
+                                     b.float(), groups=channels)
+    assert y.dtype == dtype and torch.allclose(y.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+    grads = torch.autograd.grad(y.float().square().sum(), (base, w, b))
+    assert [t.dtype for t in grads] == [dtype] * 3 and all(torch.isfinite(t.float()).all() for t in grads)
+
+
 @pytest.mark.parametrize("padding", [(0, 0), (4, 0), (2, 2), (1, 3)])
 @pytest.mark.parametrize("chunk", [512, 5])
 def test_depthwise_conv1d_pads_inside_and_saves_no_padded_copy(padding, chunk, monkeypatch):

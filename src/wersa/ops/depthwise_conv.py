@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .heads import compute_dtype
+
 WEIGHT_GRAD_CHUNK = 512  # tokens per convolution of the weight gradient
 
 
@@ -72,28 +74,37 @@ def _weight_grad(x: Tensor, gy: Tensor, left: int, right: int, K: int) -> Tensor
 
 
 class _DepthwiseConv1d(torch.autograd.Function):
+    # Half-precision inputs are convolved in float32: oneDNN's bfloat16 depthwise kernels do
+    # not return for some channel counts (16 and fewer, torch 2.13 on CPU), and the gate
+    # convolution is cheap next to the projections.
     @staticmethod
     def forward(ctx, x, weight, bias, left, right):
         # The unpadded input is saved (a view of the caller's token-major tensor, which is
         # often kept alive anyway); no padded copy exists at any point.
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.padding = (left, right)
-        return _padded_conv(_image(x), weight.unsqueeze(2), bias, left, right)
+        work = compute_dtype(x.dtype)
+        y = _padded_conv(_image(x.to(work)), weight.to(work).unsqueeze(2), None if bias is None else bias.to(work),
+                         left, right)
+        return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
         left, right = ctx.padding
         K = weight.shape[-1]
+        work = compute_dtype(x.dtype)
+        gy = gy.to(work)
         g_x = g_w = g_b = None
         if ctx.needs_input_grad[0]:
             # dy padded by (K-1-left, K-1-right), convolved with the flipped kernel: length L.
-            g_x = _padded_conv(_image(gy), weight.flip(-1).unsqueeze(2), None, K - 1 - left, K - 1 - right)
+            g_x = _padded_conv(_image(gy), weight.to(work).flip(-1).unsqueeze(2), None, K - 1 - left,
+                               K - 1 - right).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            g_w = _weight_grad(x, gy, left, right, K).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            g_b = gy.sum(dim=(0, 2))
+            g_w = _weight_grad(x.to(work), gy, left, right, K).to(weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            g_b = gy.sum(dim=(0, 2)).to(ctx.bias_dtype)
         return g_x, g_w, g_b, None, None
 
 
