@@ -440,12 +440,10 @@ def report(path):
             print(f"gemm {r['size']}^3: bf16/fp32 time {r['bf16_over_fp32_seconds']:.1f} (CPU {r['bf16_over_fp32_cpu_seconds']:.1f})")
     for mixer in ("wersa", "sdpa"):
         for compiled in (False, True):
-            found = [next((r for r in rows if r.get("kind") == "decode" and r.get("mixer") == mixer and r.get("n") == n
-                           and bool(r.get("compile_step")) == compiled and "error" not in r), None)
-                     for n in (1024, 65536)]
-            if not any(found):
+            d1, d64 = (_find(rows, kind="decode", mixer=mixer, n=n, compile_step=True if compiled else None)
+                       for n in (1024, 65536))
+            if d1 is None and d64 is None:
                 continue
-            d1, d64 = found
             label = mixer + (" (compile_step)" if compiled else "")
             for key in ("seconds_per_token", "cpu_seconds_per_token"):
                 print(f"decode {label} per token 1k / 64k ({key}): {fmt(d1 and d1[key] * 1e3, '.3f')} ms / "

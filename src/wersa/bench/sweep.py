@@ -351,7 +351,6 @@ def _run_round(sweep: Sweep, out: Path, cache_dir: str, retry_failed: bool, prog
                                         timeout_s=sweep.timeout_s, threads=cfg.threads,
                                         omp_wait_policy=wait_policy)}
 
-
     bar = tqdm(total=len(runnable), desc=f"bench {sweep.name}", disable=not progress, dynamic_ncols=True)
     # Cells are processes: threads here only wait on them.
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(sweep.jobs))) as pool:
