@@ -138,3 +138,24 @@ def test_compiled_step_does_not_recompile_from_token_to_token(opts):
         with torch._dynamo.config.patch(error_on_recompile=True):
             for t in range(3):
                 _, state = m.step(x_of(1, seed=t)[:, 0], state)
+
+
+def _recurrent_mixers() -> list[str]:
+    return [n for n in wersa.list_mixers() if wersa.capabilities(n, causal=True).recurrent]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _recurrent_mixers())
+def test_every_recurrent_mixer_steps_compiled_as_eager(name):
+    """compile_step is the base class's, so every mixer that claims a token-by-token form gets
+    it: after a prefill, compiled steps give eager's outputs (each mixer compiles; slow)."""
+    opts = {k: v for k, v in {"num_features": 8, "chunk_size": 4, "block_size": 8, "window_size": 3,
+                              "conv_size": 3}.items() if k in wersa.mixer_options(name)}
+    eager = build(name, **opts)
+    compiled = copy.deepcopy(eager).compile_step()
+    with torch.no_grad():
+        _, s_eager = eager.prefill(x_of(5))
+        _, s_comp = compiled.prefill(x_of(5))
+        y_eager, _ = eager.step_through(x_of(4, seed=2), s_eager)
+        y_comp, _ = compiled.step_through(x_of(4, seed=2), s_comp)
+    assert (y_comp - y_eager).abs().max().item() <= 1e-4 * max(1.0, y_eager.abs().max().item())
