@@ -65,6 +65,9 @@ class LinearTransformer(wersa.Mixer):
         reference="Katharopoulos et al., Transformers are RNNs: Fast Autoregressive Transformers "
                   "with Linear Attention, arXiv 2006.16236",
     )
+    # Option sets the capability matrix and the property tests build it with besides the
+    # defaults: small chunks, so the chunked causal path runs at test lengths.
+    example_options = ({"feature_map": "relu", "chunk_size": 4},)
 
     def __init__(self, dim: int, num_heads: int, causal: bool = False, *,
                  feature_map: str = "elu", chunk_size: int = 64, eps: float = 1e-6,

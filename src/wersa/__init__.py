@@ -18,7 +18,8 @@ Quick use::
 """
 
 from . import _auto
-from .mixers import MIXERS, Capabilities, Mixer, build_mixer, capabilities, list_mixers, mixer_options, register_mixer
+from .mixers import (MIXERS, Capabilities, Mixer, build_mixer, capabilities, list_mixers, mixer_example_options,
+                     mixer_options, register_mixer)
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "build_mixer",
     "capabilities",
     "list_mixers",
+    "mixer_example_options",
     "mixer_options",
     "register_mixer",
     "__version__",

@@ -267,18 +267,6 @@ def test_step_checks_shapes_without_scanning_values(name):
         m.step_through(torch.full((BATCH, 3, DIM), float("nan")))
 
 
-# Options that change what an instance claims (filtered to the options each build accepts).
-CLAIM_OPTIONS = {
-    "linformer": [{"max_len": 64}, {"max_len": 300}],
-    "hyper": [{"min_seq_len": 8}, {"min_seq_len": 4096}],
-    "wersa": [{"feature_map": "relu"}, {"levels": 0}, {"recompute": False}, {"recompute_gates": True}],
-    "wersa_published": [{"levels": 0}],
-    "transnormer": [{"attention": "diag"}, {"attention": "norm"}],
-    "l2vit": [{"lcm": False}],
-    "performer": [{"feature_map": "relu"}, {"recompute": False}],
-}
-
-
 CAPS_KNOWN_FAILING: dict[str, str] = {}
 
 
@@ -286,10 +274,7 @@ CAPS_KNOWN_FAILING: dict[str, str] = {}
     pytest.param(*p.values, id=p.id, marks=pytest.mark.xfail(reason=CAPS_KNOWN_FAILING[p.values[0]], strict=True))
     if p.values[0] in CAPS_KNOWN_FAILING else p for p in CASES])
 def test_instance_capabilities_equal_registry_answer(name, causal):
-    accepted = set(wersa.mixer_options(name))
-    sets = CLAIM_OPTIONS.get(name, [])
-    assert all(set(o) <= accepted for o in sets), f"{name}: CLAIM_OPTIONS names options it does not take"
-    for opts in [{}] + sets:
+    for opts in wersa.mixer_example_options(name):  # the defaults, then the class's example option sets
         m = build(name, causal, **opts)
         assert m.capabilities == caps_of(name, causal, **opts), (name, causal, opts)
 

@@ -2,9 +2,10 @@
 
 Where ``test_matrix.py`` checks each capability claim at a few hand-picked sizes,
 these tests draw the sizes: lengths 1..70 (odd, prime, not multiples of any chunk or
-``2^levels``), batch sizes, float32/float64, a few options per mixer (small chunks
-and blocks so the chunked/blocked code paths run at these lengths), and per-row
-padding lengths (including all-padding rows). For each draw:
+``2^levels``), batch sizes, float32/float64, the option sets of each mixer (its
+defaults and its class's ``example_options``: small chunks and blocks so the
+chunked/blocked code paths run at these lengths), and per-row padding lengths
+(including all-padding rows). For each draw:
 
 * the forward pass does not fail and its output is finite;
 * causal mixers: perturbing a random suffix leaves the prefix unchanged;
@@ -28,43 +29,6 @@ DIM, HEADS = 16, 2
 MAX_N = 70
 
 NAMES = wersa.list_mixers()
-
-# A few options per mixer, chosen so that short sequences still exercise the
-# chunked / blocked / multi-level code paths. {} = the defaults.
-OPTIONS: dict[str, list[dict]] = {
-    "wersa": [{}, {"levels": 1, "chunk_size": 4, "num_features": 32},
-              {"levels": 3, "chunk_size": 16, "conv_size": 5, "num_features": 32},
-              {"feature_map": "relu", "chunk_size": 8, "num_features": 16}],
-    "performer": [{}, {"chunk_size": 4, "num_features": 32, "block_size": 8},
-                  {"feature_map": "relu", "chunk_size": 16, "num_features": 16}, {"recompute": False}],
-    "waveformer": [{}, {"levels": 1, "attention": "softmax"},
-                   {"levels": 4, "feature_map": "relu", "num_features": 16},
-                   {"form": "joint_haar", "levels": 2, "num_features": 16}],
-    "transnormer": [{}, {"attention": "diag", "window_size": 8, "chunk_size": 8},
-                    {"attention": "norm", "chunk_size": 4, "window_size": 4}],
-    "mamba": [{}, {"chunk_size": 4, "d_state": 4}, {"chunk_size": 64, "conv_size": 2, "expand": 1}],
-    "l2vit": [{}, {"chunk_size": 4, "conv_size": 3, "lcm_norm": "layer"}, {"lcm": False, "chunk_size": 16},
-              {"lcm_input": "attention", "clamp_min": 1.0}],
-    "neighborhood": [{}, {"window_size": 3}, {"window_size": 5, "dilation": 2}],
-    "hyper": [{}, {"min_seq_len": 16, "window_size": 8, "sample_size": 8, "lsh_num_projs": 3}],
-    "linformer": [{}, {"projected_length": 8, "max_len": 70},
-                  {"projected_length": 16, "max_len": 128, "share_kv": True}],
-    "lla": [{}, {"ridge_lambda": 1.0}],
-    "fnet": [{}, {"norm": "ortho"}],
-    "sdpa": [{}],
-    "softmax": [{}],
-}
-
-
-def _options(name: str) -> list[dict]:
-    accepted = set(wersa.mixer_options(name))
-    sets = OPTIONS.get(name, [{}])
-    # An option set naming an option the mixer does not take (a rename) fails here, loudly:
-    # dropping it silently would leave those paths untested.
-    unknown = [sorted(set(o) - accepted) for o in sets if not set(o) <= accepted]
-    assert not unknown, f"{name}: OPTIONS names options it does not take: {unknown}"
-    return sets
-
 
 def _modes(name: str) -> list[bool]:
     caps = wersa.capabilities(name)
@@ -119,8 +83,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> float:
 
 @st.composite
 def draws(draw, name: str):
-    opts_i = draw(st.integers(0, len(_options(name)) - 1))
-    opts = _options(name)[opts_i]
+    sets = wersa.mixer_example_options(name)
+    opts = sets[draw(st.integers(0, len(sets) - 1))]
     n = draw(st.integers(1, _max_n(name, opts)))
     b = draw(st.integers(1, 3))
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))

@@ -8,7 +8,8 @@ then imports plug-in mixers (entry-point group ``wersa.mixers`` or ``$WERSA_PLUG
 import importlib
 
 from .base import Capabilities, Mixer
-from .registry import MIXERS, build_mixer, capabilities, list_mixers, mixer_class, mixer_options, register_mixer
+from .registry import (MIXERS, build_mixer, capabilities, list_mixers, mixer_class, mixer_example_options,
+                       mixer_options, register_mixer)
 
 # One module per mechanism; each registers itself on import.
 _MECHANISMS = (
@@ -20,5 +21,5 @@ for _name in _MECHANISMS:
 
 __all__ = [
     "Capabilities", "Mixer", "build_mixer", "capabilities", "list_mixers",
-    "mixer_class", "mixer_options", "register_mixer",
+    "mixer_class", "mixer_example_options", "mixer_options", "register_mixer",
 ]

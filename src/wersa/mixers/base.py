@@ -106,6 +106,11 @@ class Mixer(nn.Module):
     # old option names with a FutureWarning (an old name may map to a tuple of new names
     # that all take its value); old state-dict key prefixes load as the new ones.
     renamed_options: ClassVar[dict[str, str]] = {}
+    # Option sets, besides the defaults, that the capability matrix and the property tests
+    # build this mixer with (wersa.mixer_example_options): every option that changes a
+    # claim, and chunk / block / level sizes small enough to reach the chunked and
+    # multi-level code paths at test lengths (tens of tokens).
+    example_options: ClassVar[tuple[dict[str, Any], ...]] = ()
     renamed_parameters: ClassVar[dict[str, str]] = {}
 
     def __init__(self, dim: int, num_heads: int, causal: bool = False):

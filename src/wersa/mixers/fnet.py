@@ -61,6 +61,7 @@ class FNetMixer(Mixer):
             ``"ortho"`` or ``"forward"``.
     """
 
+    example_options = ({"norm": "ortho"},)
     capabilities = Capabilities(
         name="fnet", causal=False, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=False, constant_state=False, linear_time=True,

@@ -267,6 +267,10 @@ def hyper_attention_causal_reference(
 class HyperAttention(Mixer):
     """HyperAttention with its own q/k/v/out projections: ``(B, N, D) -> (B, N, D)``."""
 
+    example_options = (
+        {"min_seq_len": 16, "window_size": 8, "sample_size": 8, "lsh_num_projs": 3},
+        {"min_seq_len": 4096},  # every test length on the exact path
+    )
     capabilities = Capabilities(
         name="hyper", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=False, linear_time=True,

@@ -141,6 +141,10 @@ class L2ViTAttention(Mixer):
         qkv_bias, out_bias: biases of the q/k/v and output projections.
     """
 
+    example_options = (
+        {"chunk_size": 4, "conv_size": 3, "lcm_norm": "layer"}, {"lcm": False, "chunk_size": 16},
+        {"lcm_input": "attention", "clamp_min": 1.0},
+    )
     capabilities = Capabilities(
         name="l2vit", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=True, constant_state=True, linear_time=True,

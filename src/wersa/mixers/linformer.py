@@ -78,6 +78,10 @@ class LinformerAttention(Mixer):
         out_bias: bias in the output map ``out_proj``.
     """
 
+    example_options = (
+        {"projected_length": 8, "max_len": 70},
+        {"projected_length": 16, "max_len": 128, "share_kv": True},
+    )
     capabilities = Capabilities(
         name="linformer", causal=False, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=False, constant_state=False, linear_time=True, max_len=4096,

@@ -140,6 +140,7 @@ class LocalLinearAttention(Mixer):
 
     renamed_parameters = {"out.": "out_proj."}
 
+    example_options = ({"ridge_lambda": 1.0},)
     capabilities = Capabilities(
         name="lla", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=True, constant_state=False, linear_time=False,

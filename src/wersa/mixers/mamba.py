@@ -76,6 +76,7 @@ class Mamba(Mixer):
 
     renamed_options = {"d_conv": "conv_size"}
 
+    example_options = ({"chunk_size": 4, "d_state": 4}, {"chunk_size": 64, "conv_size": 2, "expand": 1})
     capabilities = Capabilities(
         name="mamba", causal=True, bidirectional=False, attention_mask=True, left_padding=True,
         recurrent=True, constant_state=True, linear_time=True,

@@ -160,6 +160,7 @@ class NeighborhoodAttention(Mixer):
         out_bias: bias of ``out_proj``.
     """
 
+    example_options = ({"window_size": 3}, {"window_size": 5, "dilation": 2})
     capabilities = Capabilities(
         name="neighborhood", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=True, constant_state=True, linear_time=True,

@@ -185,6 +185,10 @@ class Performer(RandomFeatureMixin, Mixer):
     renamed_options = {"kernel": "feature_map"}
     renamed_parameters = {"to_out.": "out_proj."}
 
+    example_options = (
+        {"chunk_size": 4, "num_features": 32, "block_size": 8},
+        {"feature_map": "relu", "chunk_size": 16, "num_features": 16}, {"recompute": False},
+    )
     capabilities = Capabilities(
         name="performer", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=True, constant_state=True, linear_time=True,

@@ -37,6 +37,22 @@ def mixer_options(name: str) -> dict[str, object]:
     return MIXERS.options(name)
 
 
+def mixer_example_options(name: str) -> list[dict[str, object]]:
+    """The option sets the capability matrix and the property tests build mixer ``name`` with.
+
+    ``[{}]`` (the defaults) followed by the class's ``example_options``. A set naming an
+    option the constructor does not take raises a ``ValueError``: after a rename, a
+    silently dropped set would leave its code paths untested.
+    """
+    cls = MIXERS.lookup(name)
+    for options in cls.example_options:
+        try:
+            MIXERS.check_options(name, options)
+        except ValueError as exc:
+            raise ValueError(f"{cls.__name__}.example_options: {exc}") from None
+    return [{}, *(dict(o) for o in cls.example_options)]
+
+
 def capabilities(name: str, **options) -> Capabilities:
     """What mixer ``name`` supports, built with ``options`` (``causal`` included).
 

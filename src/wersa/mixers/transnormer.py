@@ -189,6 +189,10 @@ class TransNormer(Mixer):
         qkv_bias, out_bias: biases of the q/k/v and output projections.
     """
 
+    example_options = (
+        {"attention": "diag", "window_size": 8, "chunk_size": 8},
+        {"attention": "norm", "chunk_size": 4, "window_size": 4},
+    )
     capabilities = Capabilities(
         name="transnormer", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=True, constant_state=True, linear_time=True,

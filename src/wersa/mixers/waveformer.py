@@ -126,6 +126,10 @@ class Waveformer(Mixer):
             band attention, performer: ``False`` / ``True``; sdpa: none).
     """
 
+    example_options = (
+        {"levels": 1, "attention": "softmax"}, {"levels": 4, "feature_map": "relu", "num_features": 16},
+        {"form": "joint_haar", "levels": 2, "num_features": 16},
+    )
     capabilities = Capabilities(
         name="waveformer", causal=False, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=False, linear_time=True,

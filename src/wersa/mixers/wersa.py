@@ -164,6 +164,12 @@ class WERSA(RandomFeatureMixin, Mixer):
                           "forward_count": "calls_since_redraw"}
     per_head_features = True
 
+    example_options = (
+        {"levels": 1, "chunk_size": 4, "num_features": 32},
+        {"levels": 3, "chunk_size": 16, "conv_size": 5, "num_features": 32},
+        {"feature_map": "relu", "chunk_size": 8, "num_features": 16},
+        {"levels": 0}, {"recompute": False}, {"recompute_gates": True},
+    )
     capabilities = Capabilities(
         name="wersa", causal=True, bidirectional=True, attention_mask=True, left_padding=True,
         recurrent=True, constant_state=True, linear_time=True,

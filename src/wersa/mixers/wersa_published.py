@@ -62,6 +62,7 @@ class WERSAPublished(Mixer):
         qkv_bias, out_bias: biases of the input and output projections.
     """
 
+    example_options = ({"levels": 0},)
     capabilities = Capabilities(
         name="wersa_published", causal=False, bidirectional=True, attention_mask=False,
         linear_time=True,
