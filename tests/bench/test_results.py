@@ -72,6 +72,21 @@ def test_presets_and_did_you_mean():
         get_preset("quik")
 
 
+def test_recall_preset_compares_mixers_at_equal_steps_and_one_rate():
+    """Every recall cell has the same recipe (1,000 steps, no time budget, one rate); only mixer and seed differ."""
+    from wersa.bench.sweep import cell_configs
+
+    sweep = get_preset("recall")
+    cells = cell_configs(sweep)
+    assert len(cells) == len(sweep.mixers) * 3
+    recipes = {str({k: v for k, v in cfg.to_dict().items() if k not in ("mixer", "seed", "mixer_options")})
+               for _, cfg in cells}
+    assert len(recipes) == 1
+    cfg = cells[0][1]
+    assert (cfg.max_steps, cfg.max_time_s, cfg.lr, cfg.eval_samples) == (1000, None, 3e-3, None)
+    assert [c.seed for _, c in cells[:len(sweep.mixers)]] == [0] * len(sweep.mixers)  # every mixer at seed 0 first
+
+
 def _rec(mixer, task, length, seed, status="ok", acc=0.5, **kw):
     rec = {"bench": "train", "key": f"{mixer}{task}{length}{seed}", "mixer": mixer, "task": task,
            "task_label": f"{task}-{length}", "length": length, "seed": seed, "status": status}

@@ -152,3 +152,18 @@ def test_wersa_against_sdpa_tests_the_difference_not_the_overlap():
     text = "\n".join(_wersa_vs_sdpa(rows))
     assert "T: WERSA trails sdpa (accuracy 39.7 vs 56.9, difference -17.2 points, 95% interval [-" in text
     assert "LM: WERSA cannot be compared with sdpa yet (one seed: no interval)" in text
+
+
+def test_header_says_how_the_rate_was_set_and_how_often_validation_ran(results, tmp_path):
+    """A grid is described as a grid; one rate for every mixer (no grid) is named as such, with its value."""
+    md = make_study_report(results, tmp_path / "grid")["markdown"]
+    assert "best of a grid" in md and "one learning rate" not in md
+    one_rate = tmp_path / "recall.jsonl"
+    for mixer in ("sdpa", "wersa"):
+        for seed in (0, 1):
+            append_result(one_rate, _rec(mixer, "mqar", "MQAR", seed, 3e-3, None, val=0.3, token_accuracy=0.3,
+                                         majority_token_accuracy=0.01, eval_tokens=2000,
+                                         config={"lr": 3e-3, "eval_every": 100}))
+    md = make_study_report(one_rate, tmp_path / "one")["markdown"]
+    assert "one learning rate for every mixer, 0.003" in md and "best of a grid" not in md
+    assert "every 100 steps" in md

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -626,9 +627,8 @@ def make_report(results: str | Path, out_dir: str | Path, title: str | None = No
 
 # ------------------------------------------------------------------ study report
 STUDY_HEADER = """How to read this: every mixer trains the same model for the same number of optimiser steps
-with a cosine schedule sized to those steps; its learning rate is the best of a grid on the
-validation split at seed 0; the model scored is the one with the best validation score
-during training. Cells give the mean over seeds on the test split (the whole split, or a
+with a cosine schedule sized to those steps; {rate}; the model scored is the one with the
+best validation score during training{validation}. Cells give the mean over seeds on the test split (the whole split, or a
 fixed stratified subset of it, the same examples for every mixer and seed), then
 [95% confidence interval] and the number of seeds. With one seed the interval is the test
 set's binomial interval only, not the seed-to-seed spread. `majority` is the accuracy of
@@ -643,6 +643,24 @@ PAPER_CLAIMS = ("Paper (arXiv 2507.08637, abstract): WERSA best in accuracy on e
                 "hierarchical reasoning) against MHA, FlashAttention-2, FNet, Linformer, Performer, Waveformer; "
                 "ArXiv 86.2% vs MHA 85.0%; ArXiv-128k 79.1% (AUC 0.979). Per-task numbers for these tasks "
                 "are not public.")
+
+
+def _recipe_words(records: list[dict[str, Any]]) -> dict[str, str]:
+    """How the records' learning rates were set and how often they validated, for :data:`STUDY_HEADER`."""
+    train = [r for r in records if r.get("bench") == "train" and r.get("status") == "ok"]
+    rates: dict[tuple, set] = defaultdict(set)
+    for r in train:
+        rates[(r.get("task_label") or r.get("task"), r.get("mixer"), r.get("seed"))].add(_lr_of(r))
+    every = sorted({e for r in train if (e := _config(r).get("eval_every"))})
+    lrs = sorted({lr for v in rates.values() for lr in v if lr is not None})
+    if any(len(v) > 1 for v in rates.values()):
+        rate = "its learning rate is the best of a grid on the validation split at the first seed"
+    elif len(lrs) == 1:
+        rate = f"one learning rate for every mixer, {lrs[0]:g}"
+    else:
+        rate = "learning rates as set per run (" + ", ".join(f"{lr:g}" for lr in lrs) + ")"
+    validation = f" (validating every {', '.join(map(str, every))} steps)" if every else ""
+    return {"rate": rate, "validation": validation}
 
 
 def _t975(n: int) -> float:
@@ -1017,7 +1035,7 @@ def make_study_report(results: str | Path, out_dir: str | Path, title: str | Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = study_rows(records)
-    md = [f"# {title or 'Accuracy study'}", "", STUDY_HEADER, "", PAPER_CLAIMS, "",
+    md = [f"# {title or 'Accuracy study'}", "", textwrap.fill(STUDY_HEADER.format(**_recipe_words(records)), width=92), "", PAPER_CLAIMS, "",
           f"From `{results}` ({len(records)} records, {len(rows)} (task, mixer) rows).", ""]
     if rows:
         md += ["## Summary", "", "Mean over seeds [95% interval] of each task's headline metric, at each mixer's "
@@ -1032,8 +1050,8 @@ def make_study_report(results: str | Path, out_dir: str | Path, title: str | Non
                "of at least 5 steps after 2 warm-up steps; CPU time is robust to other load, wall time is what a "
                "user waits). The paper's \"training time\" is measured as steps to reach exact attention's "
                "validation score (the lowest of its seeds' best scores, so every sdpa seed reaches it) x "
-               "isolated CPU seconds per step; validations run every 40 steps, so steps are "
-               "multiples of 40.", "", *cost_table(rows, records, cost_rows(cost_recs)), ""]
+               "isolated CPU seconds per step; steps are counted in validations, so they are multiples of the "
+               "validation interval.", "", *cost_table(rows, records, cost_rows(cost_recs)), ""]
     files = [str(out_dir / "study.md")]
     for task in sorted({r["task"] for r in rows}):
         fam = [r for r in rows if r["task"] == task]
