@@ -89,12 +89,14 @@ def readme_tables() -> dict[str, str]:
     records = with_baselines(read_results(results / "study.jsonl"))[0]
     rows = study_rows(records)
     costs = cost_rows(read_results(results / "study-cost.jsonl"))
+    recall = with_baselines(read_results(results / "recall.jsonl"))[0]
     return {"study-summary": "\n".join(summary_table(rows, records)).strip(),
-            "study-cost": "\n".join(cost_table(rows, records, costs, README_COST_TASKS)).strip()}
+            "study-cost": "\n".join(cost_table(rows, records, costs, README_COST_TASKS)).strip(),
+            "recall-summary": "\n".join(summary_table(study_rows(recall), recall)).strip()}
 
 
 def test_results_tables_are_the_study_reports():
     """The README's accuracy and cost tables are what `wersa report` makes of the committed results
-    files (docs/results/study.jsonl, docs/results/study-cost.jsonl): no hand-copied number."""
+    files (docs/results/study.jsonl, study-cost.jsonl, recall.jsonl): no hand-copied number."""
     for name, table in readme_tables().items():
         assert _block(name) == table, f"README block {name} differs from the report; regenerate it"

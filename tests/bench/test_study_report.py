@@ -166,4 +166,35 @@ def test_header_says_how_the_rate_was_set_and_how_often_validation_ran(results, 
                                          config={"lr": 3e-3, "eval_every": 100}))
     md = make_study_report(one_rate, tmp_path / "one")["markdown"]
     assert "one learning rate for every mixer, 0.003" in md and "best of a grid" not in md
-    assert "every 100 steps" in md
+    assert "validating every 100 steps" in " ".join(md.split())  # the header is wrapped
+
+
+def test_recall_is_judged_against_guessing_a_value_of_the_context():
+    """MQAR with K pairs: answering one of the context's K values at random recalls 1/K of them. A
+    recall score not above that is noise, however far it is above the majority token."""
+    from wersa.bench.report import _family_table, study_rows, summary_table
+
+    def rec(mixer, seed, acc):
+        return _rec(mixer, "mqar", "MQAR-4", seed, 1e-3, None, val=acc, token_accuracy=acc,
+                    majority_token_accuracy=0.001, eval_tokens=2000, config={"task_options": {"num_kv_pairs": 4}})
+
+    recs = [rec("sdpa", s, a) for s, a in enumerate((0.23, 0.24, 0.25))]
+    recs += [rec("wersa", s, a) for s, a in enumerate((0.60, 0.62, 0.61))]
+    rows = {r["mixer"]: r for r in study_rows(recs)}
+    assert rows["sdpa"]["guess"] == pytest.approx(0.25, abs=1e-3) and rows["sdpa"]["noise"]  # + value collisions
+    assert not rows["wersa"]["noise"]
+    head = summary_table(list(rows.values()), recs)[2]
+    assert "(majority 0.1, in-context guess 25)" in head and head.count("**noise**") == 1
+    assert "in-context guess %" in _family_table(list(rows.values()))[0]
+
+
+def test_family_tables_show_every_seed():
+    """A mean over seeds hides a split outcome (one seed learns, two do not): the per-seed scores
+    stand beside it, in seed order."""
+    from wersa.bench.report import _family_table, study_rows
+
+    recs = [_rec("sdpa", "mqar", "MQAR-4", s, 1e-3, None, val=a, token_accuracy=a, majority_token_accuracy=0.001,
+                 eval_tokens=2000) for s, a in ((2, 0.242), (0, 0.237), (1, 0.4005))]
+    table = _family_table(study_rows(recs))
+    assert "per seed" in table[0]
+    assert "| 23.7, 40.1, 24.2 |" in table[2]

@@ -715,6 +715,23 @@ def _chosen_records(records: list[dict[str, Any]]) -> dict[tuple[str, str, str],
     return out
 
 
+def guess_baseline(record: dict[str, Any]) -> tuple[str, float] | None:
+    """The task's guess baseline for ``record`` (``Task.guess_baseline`` of its task and options), or ``None``."""
+    from ..tasks import task_class, task_options
+
+    try:
+        cls = task_class(record["task"])
+    except (KeyError, ValueError):
+        return None
+    return cls.guess_baseline(**{**task_options(record["task"]), **(_config(record).get("task_options") or {})})
+
+
+def _baseline(row: dict[str, Any]) -> float | None:
+    """The larger of a row's majority-class and guess baselines: a score must beat both."""
+    values = [b for b in (row.get("majority"), row.get("guess")) if b is not None]
+    return max(values) if values else None
+
+
 def study_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, label, mixer) at the chosen rate: metrics as :func:`mean_ci` dicts, baselines, verdict."""
     rows = []
@@ -727,13 +744,16 @@ def study_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "step_time_ms": mean_ci([r.get("step_time_s", 0) * 1e3 for r in recs]),
                                "gflops_train_step": mean_ci([(r.get("flops_train_step") or 0) * 1e-9 for r in recs]),
                                "peak_mem_mib": mean_ci([(r.get("peak_mem_bytes") or 0) / 2**20 for r in recs])}
+        row["guess_name"], row["guess"] = guess_baseline(recs[0]) or (None, None)
+        headline = "accuracy" if clf else ("bpb" if any(r.get("bpb") is not None for r in recs) else "token_accuracy")
+        row["per_seed"] = [r.get(headline) for r in sorted(recs, key=lambda r: r["seed"])]
         if clf:
             row.update(accuracy=mean_ci([r["accuracy"] for r in recs], n_eval),
                        balanced_accuracy=mean_ci([r.get("balanced_accuracy") for r in recs], n_eval),
                        auc=mean_ci([r.get("auc") for r in recs]),
                        majority=recs[0].get("majority_accuracy"), chance=recs[0].get("chance_accuracy"))
             acc = row["accuracy"]
-            row["noise"] = None if row["majority"] is None or not acc else bool(acc["lo"] <= row["majority"])
+            row["noise"] = None if _baseline(row) is None or not acc else bool(acc["lo"] <= _baseline(row))
         else:
             bpb = [r.get("bpb") for r in recs]
             row.update(token_accuracy=mean_ci([r.get("token_accuracy") for r in recs], recs[0].get("eval_tokens")),
@@ -746,7 +766,7 @@ def study_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row["noise"] = None if u is None or not b else bool(not upper < u)
             else:
                 ta = row["token_accuracy"]
-                row["noise"] = None if row["majority"] is None or not ta else bool(ta["lo"] <= row["majority"])
+                row["noise"] = None if _baseline(row) is None or not ta else bool(ta["lo"] <= _baseline(row))
         rows.append(row)
     rows.sort(key=lambda r: (r["task"], r["label"], r["mixer"]))
     return rows
@@ -772,6 +792,11 @@ def _family_table(rows: list[dict[str, Any]]) -> list[str]:
                 "verdict"]
     else:
         head = ["task", "mixer", "lr", "recall acc %", "majority %", "ms/step", "GFLOP/step", "verdict"]
+    guesses = sorted({r["guess_name"] for r in rows if r.get("guess") is not None})
+    if guesses:  # e.g. MQAR's in-context guess, beside the majority class
+        head.insert(head.index("ms/step"), f"{' / '.join(guesses)} %")
+    # A mean over seeds hides a split outcome (one seed learns, the others do not).
+    head.insert(head.index("ms/step"), "per seed" if has_bpb else "per seed %")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         verdict = {True: "**noise**", False: "above baseline"}.get(r.get("noise"), "-")
@@ -787,6 +812,10 @@ def _family_table(rows: list[dict[str, Any]]) -> list[str]:
         else:
             cells = [_ci(r["token_accuracy"], 3, True),
                      _fmt(100 * r["majority"]) if r["majority"] is not None else "-"]
+        if guesses:
+            cells.append(_fmt(100 * r["guess"]) if r.get("guess") is not None else "-")
+        cells.append(", ".join("-" if v is None else (f"{v:.3g}" if has_bpb else f"{100 * v:.3g}")
+                               for v in r.get("per_seed", [])))
         lines.append("| " + " | ".join([r["label"], r["mixer"], lr, *cells, *cost, verdict]) + " |")
     return lines
 
@@ -884,7 +913,10 @@ def summary_table(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> 
         else:
             base = cells[0].get("majority")
             name = "accuracy %" if metric == "accuracy" else "recall accuracy %"
-            head = f"{label}, {name} (majority {_fmt(100 * base) if base is not None else '-'})"
+            head = f"{label}, {name} (majority {_fmt(100 * base) if base is not None else '-'}"
+            if cells[0].get("guess") is not None:
+                head += f", {cells[0]['guess_name']} {_fmt(100 * cells[0]['guess'])}"
+            head += ")"
         if len(seeds) == 1:
             head += f", n = {seeds.pop()}"
         row = [head]

@@ -263,6 +263,16 @@ class Task:
     def _build_split(self, split: str) -> TokenDataset:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def guess_baseline(cls, **options: Any) -> tuple[str, float] | None:
+        """A score reachable without the skill the task tests, for the task built with ``options``.
+
+        ``(name, accuracy)`` beside the majority-class baseline, or ``None`` (the default): a
+        result not above it shows nothing of that skill (MQAR: answering one of the context's
+        values at random). Reports compare each score with the larger of the two baselines.
+        """
+        return None
+
     def split_documents(self, split: str) -> list[str] | None:
         """Keys of the source documents that make up ``split`` (sorted, unique), or ``None``.
 

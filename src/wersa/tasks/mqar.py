@@ -77,6 +77,17 @@ class MQARTask(Task):
         self.info = TaskInfo(name=self.name, kind="language_modeling", vocab_size=vocab_size, max_length=seq_len,
                              source=f"generated, MQAR ({num_kv_pairs} pairs, {num_queries} queries)")
 
+    @classmethod
+    def guess_baseline(cls, num_kv_pairs: int, vocab_size: int, **_: Any) -> tuple[str, float]:
+        """``("in-context guess", p)``: the expected recall accuracy of answering one of the
+        context's ``K`` value slots at random, what a model scores once it copies values from the
+        context but before it binds them to their keys: ``1/K``, plus the chance that another of
+        the ``K - 1`` pairs drew the same value (values are drawn with replacement from
+        ``(vocab_size - 1) // 2``)."""
+        half = (vocab_size - 1) // 2
+        k = num_kv_pairs
+        return "in-context guess", 1 / k + (k - 1) / (k * half)
+
     def config(self) -> dict[str, Any]:
         return {"seq_len": self.seq_len, "num_kv_pairs": self.num_kv_pairs, "num_queries": self.num_queries,
                 "vocab_size": self.vocab_size, "sizes": self.sizes, "seed": self.seed}
