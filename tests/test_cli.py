@@ -107,13 +107,31 @@ def test_bench_summary_comes_from_the_records(tmp_path):
     from wersa.bench.sweep import Sweep, TaskEntry, cell_configs, key_of
     from wersa.cli import bench_summary
 
-    sweep = Sweep(mixers=["wersa", "sdpa"], tasks=[TaskEntry("listops", 64)], name="tiny")
+    sweep = Sweep(mixers=["wersa", "sdpa"], tasks=[TaskEntry("listops", 64)], name="tiny", mem_limit_gb=4.0,
+                  timeout_s=60.0)
     out = tmp_path / "r.jsonl"
     (e, c_wersa), (_, c_sdpa) = cell_configs(sweep)
-    append_result(out, {"key": key_of(c_wersa), "status": "ok", "mixer": "wersa", "task": "listops",
+    # The key the sweep writes: the cell's config and the sweep's limits.
+    append_result(out, {"key": key_of(c_wersa, sweep), "status": "ok", "mixer": "wersa", "task": "listops",
                         "task_label": e.title, "seed": 0, "accuracy": 0.4321, "auc": 0.61, "train_time_s": 3.0,
                         "steps": 7, "peak_mem_bytes": 2**20, "stopped_by": "max_time_s"})
     append_result(out, {"key": "another-sweep", "status": "ok", "mixer": "fnet", "task": "x", "seed": 0})
     text = bench_summary(sweep, out)
     assert text.splitlines()[0] == "tiny: 2 cells; 1 ok, 1 not run yet"
     assert "0.432" in text and "stopped by the time budget" in text and "fnet" not in text
+
+
+def test_bench_summary_follows_a_learning_rate_grid(tmp_path):
+    """With a grid, the later seeds run at the chosen rate: the summary counts them once it is chosen."""
+    from wersa.bench.results import append_result
+    from wersa.bench.sweep import Sweep, TaskEntry, cell_configs, key_of
+    from wersa.cli import bench_summary
+
+    sweep = Sweep(mixers=["sdpa"], tasks=[TaskEntry("listops", 64)], seeds=[0, 1], lr_grid=[1e-3, 3e-3],
+                  name="grid")
+    out = tmp_path / "r.jsonl"
+    for score, (_, cfg) in zip((0.3, 0.5), cell_configs(sweep)):
+        append_result(out, {"key": key_of(cfg, sweep), "status": "ok", "bench": "train", "mixer": "sdpa",
+                            "task": "listops", "seed": 0, "lr": cfg.lr, "select_score": score, "accuracy": score,
+                            "train_time_s": 1.0, "steps": 5, "peak_mem_bytes": 2**20})
+    assert bench_summary(sweep, out).splitlines()[0] == "grid: 3 cells; 2 ok, 1 not run yet"

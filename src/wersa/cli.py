@@ -252,8 +252,11 @@ def bench_summary(sweep, out: str | Path) -> str:
     from .bench.results import latest_by_key, read_results
     from .bench.sweep import cell_configs, key_of, summary_line
 
-    keys = [key_of(cfg) for _, cfg in cell_configs(sweep)]
-    latest = {r.get("key"): r for r in latest_by_key(read_results(out, warn=False))}
+    records = latest_by_key(read_results(out, warn=False))
+    # The keys the sweep writes (its limits included); with a learning-rate grid, the later
+    # seeds' cells are named once their rate is chosen from these records.
+    keys = [key_of(cfg, sweep) for _, cfg in cell_configs(sweep, records)]
+    latest = {r.get("key"): r for r in records}
     recs = [latest[k] for k in keys if k in latest]
     counts: dict[str, int] = {}
     for r in recs:

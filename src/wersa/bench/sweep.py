@@ -373,7 +373,8 @@ def summary_line(rec: dict[str, Any]) -> str:
     st = rec["status"]
     if st == "ok":
         if rec.get("accuracy") is not None:
-            metric = f"acc {rec['accuracy']:.3f} auc {rec['auc'] if rec.get('auc') is None else format(rec['auc'], '.3f')}"
+            auc = rec.get("auc")
+            metric = f"acc {rec['accuracy']:.3f} auc {'-' if auc is None else format(auc, '.3f')}"
         elif rec.get("bpb") is not None:
             metric = f"bpb {rec['bpb']:.3f}"
         else:  # per-token labels that are not text (MQAR's recalled values)
