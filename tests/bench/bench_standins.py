@@ -168,6 +168,13 @@ def report_environment(spec):
     return {"omp_wait_policy_seen": os.environ.get("OMP_WAIT_POLICY"), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
+def report_loaded_modules(spec):
+    """Which of ``spec["modules"]`` the cell's process had imported when its entry point started."""
+    import sys
+
+    return {"loaded": [m for m in spec["modules"] if m in sys.modules]}
+
+
 def kill_self(spec):
     import os
     import signal

@@ -37,6 +37,16 @@ def test_every_cell_waits_passively_and_records_load_threads_and_limits():
     assert 1 <= auto_threads() <= auto["cpu_count"]
 
 
+def test_torch_imports_its_lazy_parts_before_the_memory_cap():
+    """The optimisers import ``torch._dynamo`` on first use. Imported under the cap, that import
+    spent the cell's budget and sometimes failed as a ``SystemError`` (an ``error``, not an ``oom``,
+    in about one run in five of the induced out-of-memory cell); the cell imports it first."""
+    rec = run_cell(f"{STANDINS}:report_loaded_modules", {"modules": ["torch._dynamo", "torch.optim"]},
+                   mem_limit_bytes=64 * MiB, timeout_s=60, threads=1)
+    assert rec["status"] == "ok", rec
+    assert rec["loaded"] == ["torch._dynamo", "torch.optim"]
+
+
 def test_the_wait_policy_can_be_active_or_the_runtime_default(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     rec = run_cell(f"{STANDINS}:report_environment", {}, timeout_s=60, threads=1, omp_wait_policy=None)

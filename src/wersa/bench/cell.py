@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     import resource
 
     import torch
+    import torch._dynamo  # noqa: F401 - the optimisers import it on first use: not under the cell's cap
+    import torch.optim  # noqa: F401
 
     from .memory import is_oom, set_memory_cap
 
