@@ -78,7 +78,7 @@ def test_recall_preset_compares_mixers_at_equal_steps_and_one_rate():
 
     sweep = get_preset("recall")
     cells = cell_configs(sweep)
-    assert len(cells) == len(sweep.mixers) * 3
+    assert len(cells) == len(sweep.mixers) * 5
     recipes = {str({k: v for k, v in cfg.to_dict().items() if k not in ("mixer", "seed", "mixer_options")})
                for _, cfg in cells}
     assert len(recipes) == 1
