@@ -270,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import torch._dynamo  # noqa: F401 - the optimisers import it on first use: not under the cell's cap
-    import torch.optim  # noqa: F401
 
     from .memory import is_oom, set_memory_cap
 

@@ -626,10 +626,11 @@ def make_report(results: str | Path, out_dir: str | Path, title: str | None = No
 
 
 # ------------------------------------------------------------------ study report
+# One paragraph; make_study_report fills {rate} and {validation} (_recipe_words) and wraps it.
 STUDY_HEADER = """How to read this: every mixer trains the same model for the same number of optimiser steps
 with a cosine schedule sized to those steps; {rate}; the model scored is the one with the
-best validation score during training{validation}. Cells give the mean over seeds on the test split (the whole split, or a
-fixed stratified subset of it, the same examples for every mixer and seed), then
+best validation score during training{validation}. Cells give the mean over seeds on the
+test split (the whole split, or a fixed stratified subset of it, the same examples for every mixer and seed), then
 [95% confidence interval] and the number of seeds. With one seed the interval is the test
 set's binomial interval only, not the seed-to-seed spread. `majority` is the accuracy of
 always answering the train split's most frequent class, `chance` is 1 / classes (also the
@@ -726,9 +727,9 @@ def guess_baseline(record: dict[str, Any]) -> tuple[str, float] | None:
     return cls.guess_baseline(**{**task_options(record["task"]), **(_config(record).get("task_options") or {})})
 
 
-def _baseline(row: dict[str, Any]) -> float | None:
-    """The larger of a row's majority-class and guess baselines: a score must beat both."""
-    values = [b for b in (row.get("majority"), row.get("guess")) if b is not None]
+def _baseline(majority: float | None, guess: float | None) -> float | None:
+    """The larger of the majority-class and guess baselines: a score must beat both."""
+    values = [b for b in (majority, guess) if b is not None]
     return max(values) if values else None
 
 
@@ -745,15 +746,13 @@ def study_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "gflops_train_step": mean_ci([(r.get("flops_train_step") or 0) * 1e-9 for r in recs]),
                                "peak_mem_mib": mean_ci([(r.get("peak_mem_bytes") or 0) / 2**20 for r in recs])}
         row["guess_name"], row["guess"] = guess_baseline(recs[0]) or (None, None)
-        headline = "accuracy" if clf else ("bpb" if any(r.get("bpb") is not None for r in recs) else "token_accuracy")
-        row["per_seed"] = [r.get(headline) for r in sorted(recs, key=lambda r: r["seed"])]
         if clf:
             row.update(accuracy=mean_ci([r["accuracy"] for r in recs], n_eval),
                        balanced_accuracy=mean_ci([r.get("balanced_accuracy") for r in recs], n_eval),
                        auc=mean_ci([r.get("auc") for r in recs]),
                        majority=recs[0].get("majority_accuracy"), chance=recs[0].get("chance_accuracy"))
-            acc = row["accuracy"]
-            row["noise"] = None if _baseline(row) is None or not acc else bool(acc["lo"] <= _baseline(row))
+            acc, base = row["accuracy"], _baseline(row["majority"], row["guess"])
+            row["noise"] = None if base is None or not acc else bool(acc["lo"] <= base)
         else:
             bpb = [r.get("bpb") for r in recs]
             row.update(token_accuracy=mean_ci([r.get("token_accuracy") for r in recs], recs[0].get("eval_tokens")),
@@ -765,8 +764,9 @@ def study_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 upper = b["mean"] if b and math.isnan(b["hi"]) else (b or {}).get("hi")
                 row["noise"] = None if u is None or not b else bool(not upper < u)
             else:
-                ta = row["token_accuracy"]
-                row["noise"] = None if _baseline(row) is None or not ta else bool(ta["lo"] <= _baseline(row))
+                ta, base = row["token_accuracy"], _baseline(row["majority"], row["guess"])
+                row["noise"] = None if base is None or not ta else bool(ta["lo"] <= base)
+        row["per_seed"] = [r.get(_metric_of(row)) for r in sorted(recs, key=lambda r: r["seed"])]
         rows.append(row)
     rows.sort(key=lambda r: (r["task"], r["label"], r["mixer"]))
     return rows
@@ -1041,6 +1041,8 @@ def _plot_family(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
                        label="unigram" if metric == "bpb" else "majority")
         if sub[0].get("chance") is not None:
             ax.axhline(sub[0]["chance"], color="grey", linestyle=":", linewidth=1, label="chance")
+        if sub[0].get("guess") is not None:
+            ax.axhline(sub[0]["guess"], color="tab:orange", linestyle="-.", linewidth=1, label=sub[0]["guess_name"])
         ax.set_xticks(list(xs), [r["mixer"] for r in sub], rotation=45, ha="right", fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.set_ylabel(metric.replace("_", " ") + (" (lower is better)" if metric == "bpb" else ""))
@@ -1067,7 +1069,8 @@ def make_study_report(results: str | Path, out_dir: str | Path, title: str | Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = study_rows(records)
-    md = [f"# {title or 'Accuracy study'}", "", textwrap.fill(STUDY_HEADER.format(**_recipe_words(records)), width=92), "", PAPER_CLAIMS, "",
+    header = textwrap.fill(STUDY_HEADER.format(**_recipe_words(records)), width=92)
+    md = [f"# {title or 'Accuracy study'}", "", header, "", PAPER_CLAIMS, "",
           f"From `{results}` ({len(records)} records, {len(rows)} (task, mixer) rows).", ""]
     if rows:
         md += ["## Summary", "", "Mean over seeds [95% interval] of each task's headline metric, at each mixer's "
